@@ -1,0 +1,10 @@
+//! Kiln's emulated devices: the I/O buses a vCPU dispatches exits to, the legacy PC
+//! devices (16550 serial, i8042, boot timer) and the virtio-mmio devices.
+
+pub mod bus;
+pub mod irq;
+pub mod legacy;
+pub mod virtio;
+
+pub use bus::{Bus, BusDevice, BusError};
+pub use irq::{IrqLine, IrqTrigger};
