@@ -1,1 +1,147 @@
-fn main(){}
+//! The `kiln` binary: parses the command line and runs a VM or a host check.
+
+mod cli;
+mod logger;
+mod terminal;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmm::config::{SerialConfig, VmConfig};
+use vmm::device_manager::SerialIo;
+use vmm::{RunOptions, Vm, VmExit};
+
+use cli::{Cli, Command, RunArgs};
+
+fn main() -> ExitCode {
+    let start = devices::legacy::boot_timer::monotonic_ns();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check => match vmm::host::check_report() {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Run(args) => run(&args, start),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "kiln: error: {e}");
+    ExitCode::from(1)
+}
+
+/// `KILN_START_NS`: a launcher's `CLOCK_MONOTONIC` timestamp taken just before exec.
+fn process_start(main_entry: u64) -> u64 {
+    std::env::var("KILN_START_NS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&t| t > 0 && t <= main_entry)
+        .unwrap_or(main_entry)
+}
+
+fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
+    let cfg = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    logger::init(args.log_level, cfg.boot_timer);
+    let (serial, _raw) = match serial_io(&cfg) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let opts = RunOptions {
+        handle_signals: true,
+        process_start_ns: process_start(main_entry),
+    };
+    let vm = match Vm::new(&cfg, serial, opts) {
+        Ok(vm) => vm,
+        Err(e) => return fail(&e),
+    };
+    let times = vm.timestamps();
+    let result = vm.run();
+    let end = devices::legacy::boot_timer::monotonic_ns();
+    drop(_raw);
+    if let Some(path) = &args.timings {
+        let json = timings_json(&times, end, result.as_ref().ok());
+        if let Err(e) = std::fs::write(path, json) {
+            log::warn!("cannot write timings to {}: {e}", path.display());
+        }
+    }
+    match result {
+        Ok(exit) => {
+            if let VmExit::GuestFault(f) = &exit {
+                let _ = writeln!(std::io::stderr(), "kiln: error: {f}");
+            } else {
+                log::info!("VM ended: {exit}");
+            }
+            ExitCode::from(exit.exit_code() as u8)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn serial_io(cfg: &VmConfig) -> vmm::Result<(SerialIo, Option<terminal::RawMode>)> {
+    Ok(match &cfg.serial {
+        SerialConfig::Stdio => {
+            let stdin = std::io::stdin();
+            let raw = terminal::RawMode::enable(&stdin);
+            let input: Option<Box<dyn devices::legacy::serial::ReadFd>> =
+                match terminal::is_pollable(&stdin) {
+                    true => Some(Box::new(stdin)),
+                    false => None,
+                };
+            let io = SerialIo {
+                out: Box::new(std::io::stdout()),
+                input,
+                escape: raw.is_some(),
+            };
+            (io, raw)
+        }
+        SerialConfig::File(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| vmm::Error::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            let io = SerialIo {
+                out: Box::new(f),
+                input: None,
+                escape: false,
+            };
+            (io, None)
+        }
+        SerialConfig::None => {
+            let io = SerialIo {
+                out: Box::new(std::io::sink()),
+                input: None,
+                escape: false,
+            };
+            (io, None)
+        }
+    })
+}
+
+fn timings_json(t: &devices::legacy::BootTimestamps, end: u64, exit: Option<&VmExit>) -> String {
+    let us = |f: &std::sync::atomic::AtomicU64| match t.since_start_us(f) {
+        Some(v) => v.to_string(),
+        None => "null".to_string(),
+    };
+    let start = t.process_start.load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{{\"process_start_ns\":{start},\"vmm_ready_us\":{},\"first_kvm_run_us\":{},\
+         \"boot_timer_us\":{},\"exit_us\":{},\"exit\":\"{}\"}}\n",
+        us(&t.vmm_ready),
+        us(&t.first_kvm_run),
+        us(&t.boot_timer),
+        end.saturating_sub(start) / 1000,
+        exit.map(|e| e.to_string().replace('"', "'").replace('\n', " "))
+            .unwrap_or_default()
+    )
+}

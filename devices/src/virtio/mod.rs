@@ -1,1 +1,291 @@
 //! virtio-mmio transport (virtio 1.2 §4.2) and the block and net devices.
+//!
+//! # Public API (for the VMM)
+//!
+//! Guest memory is shared as `Arc<GuestMemoryMmap<()>>` ([`Mem`]); Kiln's memory map is
+//! fixed for the VM's lifetime, so no `GuestMemoryAtomic` is needed.
+//!
+//! ```ignore
+//! use std::sync::{Arc, Mutex};
+//! use devices::virtio::{block::{Block, BlockConfig}, net::{Net, tap::Tap}};
+//! use devices::virtio::{MmioTransport, VirtioSubscriber};
+//!
+//! // 1. A device (errors are `virtio::Error`, naming the path / interface and the fix).
+//! let blk = Block::new(BlockConfig { path: "disk.img".into(), read_only: false, id: None })?;
+//! let net = Net::new(Tap::open("tap0")?, [0x52, 0x54, 0, 0x12, 0x34, 0x56])?;
+//!
+//! // 2. Wrap it in the transport with the guest memory and its interrupt line.
+//! let irq = Arc::new(IrqLine::new(gsi)?);          // register irq.evt with KVM_IRQFD on gsi
+//! let t = Arc::new(Mutex::new(MmioTransport::new(blk, mem.clone(), irq)?));
+//!
+//! // 3. The bus device: `t.clone()` coerces to `devices::bus::SharedDevice`.
+//! mmio_bus.insert(t.clone(), base, 0x1000)?;
+//!
+//! // 4. ioeventfds: one per queue, datamatch = queue index, on base + 0x50 (QueueNotify).
+//! for (addr, datamatch, evt) in t.lock().unwrap().ioevents(base) {
+//!     vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)?;
+//! }
+//!
+//! // 5. The event-loop subscriber (queue eventfds, TAP fd; registered in `init`).
+//! let sub: Arc<Mutex<dyn MutEventSubscriber + Send>> =
+//!     Arc::new(Mutex::new(VirtioSubscriber::new(t.clone())));
+//! event_manager.add_subscriber(sub);
+//! ```
+//!
+//! The kernel command line gets `virtio_mmio.device=4K@0x<base>:<gsi>` per device.
+//!
+//! At VMM exit nothing needs calling: dropping the transport closes the disk file (its
+//! `flock` is released) and the TAP fd (a TAP created by Kiln disappears with it, a
+//! pre-existing persistent one stays).
+//!
+//! Queue processing always runs on the event-loop thread: a QueueNotify write that
+//! reaches the bus (no ioeventfd registered) just signals that queue's eventfd.
+
+pub mod block;
+mod chain;
+pub mod mmio;
+pub mod net;
+mod subscriber;
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use event_manager::EventSet;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use crate::irq::IrqTrigger;
+
+pub use mmio::MmioTransport;
+pub use subscriber::VirtioSubscriber;
+
+/// Guest memory as the virtio devices hold it.
+pub type Mem = Arc<GuestMemoryMmap<()>>;
+
+/// Device status bits (virtio 1.2 §2.1).
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready: the device may process queues.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Feature bits shared by every device type (virtio 1.2 §6).
+pub mod features {
+    /// Indirect descriptors (not offered by Kiln).
+    pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+    /// `used_event` / `avail_event` notification suppression.
+    pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+    /// Compliance with virtio 1.x (mandatory for the modern MMIO layout).
+    pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+}
+
+/// virtio device ID of a network card (§5.1).
+pub const TYPE_NET: u32 = 1;
+/// virtio device ID of a block device (§5.2).
+pub const TYPE_BLOCK: u32 = 2;
+
+/// Errors from building or activating virtio devices.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The disk image could not be opened.
+    #[error("cannot open disk image {path}: {source}{hint}")]
+    DiskOpen {
+        /// The image path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+        /// What to do about it (starts with "; " when present).
+        hint: &'static str,
+    },
+    /// Another process holds a conflicting lock on the disk image.
+    #[error(
+        "disk image {path} is in use by another process (flock); stop the other VM or \
+         open the image read-only everywhere"
+    )]
+    DiskLocked {
+        /// The image path.
+        path: PathBuf,
+    },
+    /// Reading the disk image's size failed.
+    #[error("cannot get the size of disk image {path}: {source}")]
+    DiskSize {
+        /// The image path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The block device `id` is longer than the 20 bytes virtio allows.
+    #[error("block device id {0:?} is longer than 20 bytes")]
+    BlockIdTooLong(String),
+    /// A TAP interface name is empty, too long (15 bytes max) or has invalid characters.
+    #[error("invalid TAP interface name {0:?}: use 1-15 characters without '/' or NUL")]
+    TapName(String),
+    /// Opening or configuring the TAP failed.
+    #[error("cannot set up TAP interface {name}: {op}: {source}{hint}")]
+    Tap {
+        /// The interface name.
+        name: String,
+        /// The step that failed.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+        /// What to do about it (starts with "; " when present).
+        hint: &'static str,
+    },
+    /// Creating an eventfd failed.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// A device declared an invalid queue size.
+    #[error("invalid virtio queue maximum size {0}")]
+    QueueMaxSize(u16),
+    /// Activation found a queue that is not ready or not valid.
+    #[error("virtio queue {0} is not ready or invalid at DRIVER_OK")]
+    QueueInvalid(usize),
+    /// The device rejected activation.
+    #[error("device activation failed: {0}")]
+    Activate(String),
+}
+
+/// A device's interrupt: the MMIO `InterruptStatus` register plus the line it raises.
+///
+/// Shared between the transport (which reads and acknowledges the status) and the
+/// activated device (which sets bits and triggers).
+pub struct Interrupt {
+    status: AtomicU32,
+    irq: Arc<dyn IrqTrigger>,
+}
+
+/// `InterruptStatus` bit 0: a used buffer was added (§4.2.2).
+pub const INT_USED_RING: u32 = 1;
+/// `InterruptStatus` bit 1: the configuration space changed (§4.2.2).
+pub const INT_CONFIG: u32 = 2;
+
+impl Interrupt {
+    /// A new interrupt with a clear status, raising `irq`.
+    pub fn new(irq: Arc<dyn IrqTrigger>) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    /// Sets `bits` in `InterruptStatus` and raises the line (errors are logged).
+    pub fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.irq.trigger() {
+            log::error!("virtio: cannot raise interrupt: {e}");
+        }
+    }
+
+    /// Signals a used-buffer notification.
+    pub fn signal_used(&self) {
+        self.signal(INT_USED_RING);
+    }
+
+    /// The current `InterruptStatus`.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// `InterruptACK`: clears `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// A virtio device model behind [`MmioTransport`].
+///
+/// Queue and backend processing runs on the event-loop thread through
+/// [`VirtioSubscriber`]; everything else is driven by the transport's register accesses.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (§5).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue (their number is the slice length).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The features the device offers.
+    fn features(&self) -> u64;
+    /// The features the driver accepted (a subset of [`VirtioDevice::features`] that
+    /// includes `VIRTIO_F_VERSION_1`), at FEATURES_OK.
+    fn ack_features(&mut self, features: u64);
+    /// Reads the device configuration space at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space at `offset`.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device at DRIVER_OK with validated, ready queues.
+    fn activate(&mut self, mem: Mem, queues: Vec<Queue>, interrupt: Arc<Interrupt>)
+        -> Result<(), Error>;
+    /// Returns the device to its pre-activation state (drops queues and memory).
+    fn reset(&mut self);
+    /// Handles a driver notification of queue `index` (only called once activated).
+    fn process_queue(&mut self, index: usize);
+    /// Host fds the device wants watched (e.g. a TAP); index = position in the list.
+    fn backend_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// What to watch on backend fd `index` right now (empty: not watched).
+    fn backend_interest(&self, _index: usize) -> EventSet {
+        EventSet::empty()
+    }
+    /// Handles readiness `events` on backend fd `index` (only called once activated).
+    fn process_backend(&mut self, _index: usize, _events: EventSet) {}
+}
+
+/// Whether `features` has every bit of `bit`.
+pub(crate) fn has(features: u64, bit: u64) -> bool {
+    features & bit == bit
+}
+
+/// Copies the slice of `config` at `offset` into `data` (zeros past the end).
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(off) = usize::try_from(offset) else {
+        return;
+    };
+    if off >= config.len() {
+        return;
+    }
+    let n = data.len().min(config.len() - off);
+    data[..n].copy_from_slice(&config[off..off + n]);
+}
+
+#[cfg(test)]
+pub(crate) mod test_utils {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use vm_memory::GuestAddress;
+
+    /// An `IrqTrigger` that counts.
+    #[derive(Default)]
+    pub struct CountingIrq(pub AtomicUsize);
+    impl IrqTrigger for CountingIrq {
+        fn trigger(&self) -> std::io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    impl CountingIrq {
+        pub fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// 16 MiB of guest memory at 0.
+    pub fn mem() -> Mem {
+        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap())
+    }
+}

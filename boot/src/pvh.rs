@@ -1,0 +1,167 @@
+//! PVH boot: `hvm_start_info`, its memory map and module list.
+//!
+//! Layout per Xen's docs/misc/pvh.pandoc ("PVH boot protocol") and
+//! xen/include/public/arch-x86/hvm/start_info.h (also Linux's
+//! arch/x86/include/asm/xen/hvm_start_info.h). Version 1 adds the memory map.
+
+use vm_memory::{ByteValued, Bytes, GuestAddress};
+
+use crate::e820::E820Entry;
+use crate::layout::{PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
+use crate::{BootError, GuestMemoryMmap};
+
+/// `hvm_start_info.magic` ("xEn3" with the high bit of the 0x33 set).
+pub const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
+
+/// `struct hvm_start_info` (56 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvmStartInfo {
+    /// Must be `XEN_HVM_START_MAGIC_VALUE`.
+    pub magic: u32,
+    /// Structure version (1: memmap fields valid).
+    pub version: u32,
+    /// SIF_xxx flags (0).
+    pub flags: u32,
+    /// Number of modules in the module list.
+    pub nr_modules: u32,
+    /// Physical address of the module list.
+    pub modlist_paddr: u64,
+    /// Physical address of the NUL-terminated command line.
+    pub cmdline_paddr: u64,
+    /// Physical address of the ACPI RSDP (0: none).
+    pub rsdp_paddr: u64,
+    /// Physical address of the memory map.
+    pub memmap_paddr: u64,
+    /// Number of memory-map entries.
+    pub memmap_entries: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+
+/// `struct hvm_modlist_entry` (32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvmModlistEntry {
+    /// Module physical address.
+    pub paddr: u64,
+    /// Module size in bytes.
+    pub size: u64,
+    /// Module command line (0: none).
+    pub cmdline_paddr: u64,
+    /// Must be zero.
+    pub reserved: u64,
+}
+
+/// `struct hvm_memmap_table_entry` (24 bytes); `type_` uses the e820 type values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HvmMemmapTableEntry {
+    /// Range start.
+    pub addr: u64,
+    /// Range size.
+    pub size: u64,
+    /// `XEN_HVM_MEMMAP_TYPE_*` (1 RAM, 2 reserved, ...).
+    pub type_: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+
+// SAFETY: plain `repr(C)` structs of integers with no padding; any bit pattern is valid.
+unsafe impl ByteValued for HvmStartInfo {}
+// SAFETY: as above.
+unsafe impl ByteValued for HvmModlistEntry {}
+// SAFETY: as above.
+unsafe impl ByteValued for HvmMemmapTableEntry {}
+
+/// Writes the start info (at `PVH_INFO_START`), the memory map (at `PVH_MEMMAP_START`) and,
+/// with an initrd `(addr, size)`, a one-entry module list (at `PVH_MODLIST_START`).
+/// Returns the start-info address, to be passed in EBX.
+pub fn write(
+    mem: &GuestMemoryMmap,
+    cmdline_addr: u64,
+    initrd: Option<(u64, u64)>,
+    e820: &[E820Entry],
+) -> Result<u64, BootError> {
+    let entry_size = std::mem::size_of::<HvmMemmapTableEntry>() as u64;
+    let map_end = PVH_MEMMAP_START + entry_size * e820.len() as u64;
+    if map_end > PVH_MODLIST_START {
+        return Err(BootError::MemoryLayout {
+            detail: format!("{} memory-map entries overflow the PVH area", e820.len()),
+        });
+    }
+    for (i, e) in e820.iter().enumerate() {
+        let addr = PVH_MEMMAP_START + entry_size * i as u64;
+        let entry = HvmMemmapTableEntry { addr: e.addr, size: e.size, type_: e.kind, reserved: 0 };
+        mem.write_obj(entry, GuestAddress(addr))
+            .map_err(BootError::write("PVH memory map", addr))?;
+    }
+    let mut info = HvmStartInfo {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: 1,
+        cmdline_paddr: cmdline_addr,
+        memmap_paddr: PVH_MEMMAP_START,
+        memmap_entries: e820.len() as u32,
+        ..Default::default()
+    };
+    if let Some((paddr, size)) = initrd {
+        let m = HvmModlistEntry { paddr, size, ..Default::default() };
+        mem.write_obj(m, GuestAddress(PVH_MODLIST_START))
+            .map_err(BootError::write("PVH module list", PVH_MODLIST_START))?;
+        info.nr_modules = 1;
+        info.modlist_paddr = PVH_MODLIST_START;
+    }
+    mem.write_obj(info, GuestAddress(PVH_INFO_START))
+        .map_err(BootError::write("PVH start info", PVH_INFO_START))?;
+    Ok(PVH_INFO_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::e820;
+
+    #[test]
+    fn sizes_match_spec() {
+        assert_eq!(std::mem::size_of::<HvmStartInfo>(), 56);
+        assert_eq!(std::mem::size_of::<HvmModlistEntry>(), 32);
+        assert_eq!(std::mem::size_of::<HvmMemmapTableEntry>(), 24);
+        assert!(PVH_INFO_START + 56 <= PVH_MEMMAP_START);
+    }
+
+    #[test]
+    fn writes_all() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let map = e820::build(128 << 20).unwrap();
+        let at = write(&mem, 0x20000, Some((0x700_0000, 0x1234)), &map).unwrap();
+        let info: HvmStartInfo = mem.read_obj(GuestAddress(at)).unwrap();
+        assert_eq!(info.magic, 0x336e_c578);
+        assert_eq!(info.version, 1);
+        assert_eq!(info.nr_modules, 1);
+        assert_eq!(info.modlist_paddr, PVH_MODLIST_START);
+        assert_eq!(info.cmdline_paddr, 0x20000);
+        assert_eq!(info.rsdp_paddr, 0);
+        assert_eq!(info.memmap_entries, 3);
+        let m: HvmModlistEntry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!((m.paddr, m.size), (0x700_0000, 0x1234));
+        let e: HvmMemmapTableEntry = mem.read_obj(GuestAddress(info.memmap_paddr + 24)).unwrap();
+        assert_eq!((e.addr, e.size, e.type_), (0x9fc00, 0x60400, 2));
+    }
+
+    #[test]
+    fn no_initrd_no_modules() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        write(&mem, 0x20000, None, &[]).unwrap();
+        let info: HvmStartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
+    }
+
+    #[test]
+    fn map_overflow_and_missing_memory() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let map = vec![E820Entry { addr: 0, size: 1, kind: 1 }; 200];
+        assert!(matches!(write(&mem, 0, None, &map), Err(BootError::MemoryLayout { .. })));
+        let small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        assert!(matches!(write(&small, 0, None, &[]), Err(BootError::GuestWrite { .. })));
+    }
+}

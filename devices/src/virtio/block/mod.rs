@@ -1,0 +1,320 @@
+//! virtio-blk (virtio 1.2 §5.2) backed by a raw image file on the host.
+//!
+//! The image is `flock`ed (exclusive read-write, shared read-only) so two VMs cannot
+//! write one disk. Requests run synchronously on the event-loop thread. When the
+//! driver does not negotiate `VIRTIO_BLK_F_FLUSH` the device is write-through: each
+//! write is followed by `fdatasync` before it completes.
+
+mod request;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use log::{error, warn};
+use virtio_queue::{Queue, QueueT};
+
+use super::{
+    features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX},
+    has, read_config_bytes, Error, Interrupt, Mem, VirtioDevice, TYPE_BLOCK,
+};
+
+/// `VIRTIO_BLK_F_SEG_MAX`: `seg_max` is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+/// `VIRTIO_BLK_F_RO`: the device is read-only.
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// `VIRTIO_BLK_F_BLK_SIZE`: `blk_size` is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+/// `VIRTIO_BLK_F_FLUSH`: the flush command is supported.
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// `VIRTIO_BLK_F_DISCARD`: the discard command is supported.
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+/// `VIRTIO_BLK_F_WRITE_ZEROES`: the write-zeroes command is supported.
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+/// Maximum size of the single request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Length of the configuration space Kiln exposes (`struct virtio_blk_config` up to
+/// `write_zeroes_may_unmap` and its padding).
+const CONFIG_LEN: usize = 60;
+/// Sectors per discard / write-zeroes segment Kiln accepts.
+const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+
+/// What the VMM configures for one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Host path of the raw image (a file or a block device).
+    pub path: PathBuf,
+    /// Expose the disk read-only (and open the file read-only).
+    pub read_only: bool,
+    /// Serial returned by `VIRTIO_BLK_T_GET_ID` (at most 20 bytes); default derived from
+    /// the file's device and inode numbers.
+    pub id: Option<String>,
+}
+
+/// The host side of the disk, used by the request handler.
+struct Disk {
+    file: File,
+    path: PathBuf,
+    read_only: bool,
+    nsectors: u64,
+    id: [u8; 20],
+    flush_negotiated: bool,
+    discard: bool,
+    write_zeroes: bool,
+    buf: Vec<u8>,
+}
+
+struct Active {
+    mem: Mem,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+/// A virtio block device.
+pub struct Block {
+    disk: Disk,
+    avail_features: u64,
+    config: [u8; CONFIG_LEN],
+    active: Option<Active>,
+}
+
+fn open_hint(kind: std::io::ErrorKind, raw: Option<i32>, read_only: bool) -> &'static str {
+    use std::io::ErrorKind::*;
+    match (kind, raw) {
+        (NotFound, _) => "; check the path",
+        (_, Some(libc::EROFS)) => "; the filesystem is read-only: set read_only = true",
+        (PermissionDenied, _) if !read_only => {
+            "; make the file readable and writable by this user, or set read_only = true"
+        }
+        (PermissionDenied, _) => "; make the file readable by this user",
+        _ => "",
+    }
+}
+
+impl Block {
+    /// Opens and locks the image described by `cfg`.
+    pub fn new(cfg: BlockConfig) -> Result<Self, Error> {
+        let BlockConfig {
+            path,
+            read_only,
+            id,
+        } = cfg;
+        if let Some(id) = &id {
+            if id.len() > 20 {
+                return Err(Error::BlockIdTooLong(id.clone()));
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(&path)
+            .map_err(|source| Error::DiskOpen {
+                hint: open_hint(source.kind(), source.raw_os_error(), read_only),
+                path: path.clone(),
+                source,
+            })?;
+        let op = if read_only {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(Error::DiskLocked { path });
+            }
+            warn!("virtio-blk: cannot lock {}: {e}; continuing unlocked", path.display());
+        }
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|source| Error::DiskSize {
+                path: path.clone(),
+                source,
+            })?;
+        if size % SECTOR_SIZE != 0 {
+            warn!(
+                "virtio-blk: {} is {size} bytes, not a multiple of {SECTOR_SIZE}: the last \
+                 {} bytes are not visible to the guest",
+                path.display(),
+                size % SECTOR_SIZE
+            );
+        }
+        let nsectors = size / SECTOR_SIZE;
+        let mut disk_id = [0u8; 20];
+        let id = match id {
+            Some(id) => id,
+            None => match file.metadata() {
+                Ok(m) => format!("kiln{:x}-{:x}", m.dev(), m.ino()),
+                Err(_) => "kiln".to_string(),
+            },
+        };
+        let n = id.len().min(20);
+        disk_id[..n].copy_from_slice(&id.as_bytes()[..n]);
+
+        let mut avail_features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_BLK_SIZE;
+        if read_only {
+            avail_features |= VIRTIO_BLK_F_RO;
+        } else {
+            avail_features |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[0..8].copy_from_slice(&nsectors.to_le_bytes());
+        config[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+        config[34..36].copy_from_slice(&1u16.to_le_bytes()); // num_queues
+        config[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+        config[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
+        config[44..48].copy_from_slice(&8u32.to_le_bytes()); // discard_sector_alignment
+        config[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+        config[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
+        config[56] = 1; // write_zeroes_may_unmap
+
+        Ok(Self {
+            disk: Disk {
+                file,
+                path,
+                read_only,
+                nsectors,
+                id: disk_id,
+                flush_negotiated: false,
+                discard: false,
+                write_zeroes: false,
+                buf: Vec::new(),
+            },
+            avail_features,
+            config,
+            active: None,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.nsectors
+    }
+
+    /// Handles every available request, raising at most one interrupt.
+    fn process(&mut self) {
+        let Some(act) = self.active.as_mut() else {
+            return;
+        };
+        let mem = act.mem.clone();
+        let q = &mut act.queue;
+        let mut used = false;
+        loop {
+            let mut popped = 0usize;
+            while let Some(chain) = q.pop_descriptor_chain(&*mem) {
+                popped += 1;
+                let head = chain.head_index();
+                let len = request::handle(&mut self.disk, &mem, chain);
+                if let Err(e) = q.add_used(&*mem, head, len) {
+                    error!("virtio-blk: cannot return descriptor {head}: {e}");
+                }
+                used = true;
+            }
+            if !q.event_idx_enabled() || popped == 0 {
+                break;
+            }
+            match q.enable_notification(&*mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    error!("virtio-blk: cannot re-enable notifications: {e}");
+                    break;
+                }
+            }
+        }
+        if q.event_idx_enabled() {
+            // Publish avail_event even when nothing was popped.
+            let _ = q.enable_notification(&*mem);
+        }
+        if used {
+            match q.needs_notification(&*mem) {
+                Ok(true) => act.interrupt.signal_used(),
+                Ok(false) => {}
+                Err(e) => {
+                    error!("virtio-blk: cannot read used_event: {e}");
+                    act.interrupt.signal_used();
+                }
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.disk.flush_negotiated = has(features, VIRTIO_BLK_F_FLUSH);
+        self.disk.discard = has(features, VIRTIO_BLK_F_DISCARD);
+        self.disk.write_zeroes = has(features, VIRTIO_BLK_F_WRITE_ZEROES);
+        if !self.disk.flush_negotiated && !self.disk.read_only {
+            log::info!(
+                "virtio-blk: {}: driver did not negotiate FLUSH, writes are write-through",
+                self.disk.path.display()
+            );
+        }
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        warn!("virtio-blk: config write at {offset:#x} ignored (no writable fields)");
+    }
+
+    fn activate(
+        &mut self,
+        mem: Mem,
+        mut queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), Error> {
+        let queue = queues
+            .pop()
+            .filter(|_| queues.is_empty())
+            .ok_or_else(|| Error::Activate("virtio-blk needs exactly one queue".into()))?;
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.disk.flush_negotiated = false;
+        self.disk.discard = false;
+        self.disk.write_zeroes = false;
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        if index == 0 {
+            self.process();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

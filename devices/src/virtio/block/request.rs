@@ -1,0 +1,286 @@
+//! One virtio-blk request: chain validation and execution (virtio 1.2 §5.2.6).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use log::warn;
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::{Disk, MAX_DISCARD_SECTORS, SECTOR_SIZE};
+use crate::virtio::chain::{self, Chain};
+
+/// Request types (§5.2.6).
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Write.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Flush.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Device ID string.
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+/// Discard.
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+/// Write zeroes.
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+
+/// Status: success.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// Status: I/O error (also malformed requests).
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// Status: unsupported request type.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Header size (`type`, `reserved`, `sector`).
+const HEADER_LEN: u64 = 16;
+/// Largest request Kiln accepts (data plus header and status).
+pub const MAX_REQUEST_BYTES: u64 = 1 << 30;
+/// Bounce-buffer chunk for copying between guest memory and the file.
+const CHUNK: usize = 256 << 10;
+/// Length of a discard / write-zeroes segment.
+const DWZ_SEG_LEN: u64 = 16;
+const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+
+/// Outcome of a request: status byte and number of data bytes written to the guest.
+struct Outcome(u8, u32);
+
+fn ioerr(why: impl std::fmt::Display) -> Outcome {
+    warn!("virtio-blk: request failed: {why}");
+    Outcome(VIRTIO_BLK_S_IOERR, 0)
+}
+
+/// Executes the request in `desc_chain`; returns the used length to report.
+pub(super) fn handle(
+    disk: &mut Disk,
+    mem: &GuestMemoryMmap<()>,
+    desc_chain: DescriptorChain<&GuestMemoryMmap<()>>,
+) -> u32 {
+    let c = match chain::parse(mem, desc_chain, MAX_REQUEST_BYTES) {
+        Ok(c) => c,
+        Err(rej) => {
+            warn!("virtio-blk: malformed request (head {}): {}", rej.head, rej.error);
+            return match rej.status_addr {
+                Some(addr) if mem.write_obj(VIRTIO_BLK_S_IOERR, addr).is_ok() => 1,
+                _ => 0,
+            };
+        }
+    };
+    let Some(status_off) = c.writable.len().checked_sub(1) else {
+        warn!("virtio-blk: request (head {}) has no status byte; dropped", c.head);
+        return 0;
+    };
+    let Outcome(status, written) = execute(disk, mem, &c, status_off);
+    if let Err(e) = c.writable.write_at(mem, status_off, &[status]) {
+        warn!("virtio-blk: cannot write status: {e}");
+        return 0;
+    }
+    written.saturating_add(1)
+}
+
+/// Checks that `[sector, sector + len / 512)` is on the disk; returns the byte offset.
+fn disk_offset(disk: &Disk, sector: u64, len: u64) -> Result<u64, String> {
+    if len % SECTOR_SIZE != 0 {
+        return Err(format!("data length {len} is not a multiple of {SECTOR_SIZE}"));
+    }
+    match sector.checked_add(len / SECTOR_SIZE) {
+        Some(end) if end <= disk.nsectors => Ok(sector * SECTOR_SIZE),
+        _ => Err(format!(
+            "sectors {sector}+{} beyond the end of the disk ({} sectors)",
+            len / SECTOR_SIZE,
+            disk.nsectors
+        )),
+    }
+}
+
+fn execute(disk: &mut Disk, mem: &GuestMemoryMmap<()>, c: &Chain, data_len: u64) -> Outcome {
+    if c.readable.len() < HEADER_LEN {
+        return ioerr(format_args!(
+            "header is {} bytes, needs {HEADER_LEN}",
+            c.readable.len()
+        ));
+    }
+    let mut hdr = [0u8; HEADER_LEN as usize];
+    if let Err(e) = c.readable.read_at(mem, 0, &mut hdr) {
+        return ioerr(e);
+    }
+    let rtype = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&hdr[8..16]);
+    let sector = u64::from_le_bytes(s);
+    let out_len = c.readable.len() - HEADER_LEN;
+
+    match rtype {
+        VIRTIO_BLK_T_IN => {
+            if out_len != 0 {
+                return ioerr("read request with device-readable data buffers");
+            }
+            let pos = match disk_offset(disk, sector, data_len) {
+                Ok(p) => p,
+                Err(e) => return ioerr(e),
+            };
+            let mut done = 0u64;
+            while done < data_len {
+                let n = (data_len - done).min(CHUNK as u64) as usize;
+                disk.buf.resize(n, 0);
+                if let Err(e) = disk.file.read_exact_at(&mut disk.buf[..n], pos + done) {
+                    return ioerr(format_args!("read {}: {e}", disk.path.display()));
+                }
+                if let Err(e) = c.writable.write_at(mem, done, &disk.buf[..n]) {
+                    return ioerr(e);
+                }
+                done += n as u64;
+            }
+            // data_len <= MAX_REQUEST_BYTES < 4 GiB.
+            Outcome(VIRTIO_BLK_S_OK, data_len as u32)
+        }
+        VIRTIO_BLK_T_OUT => {
+            if disk.read_only {
+                return ioerr("write to a read-only disk");
+            }
+            if data_len != 0 {
+                return ioerr("write request with device-writable data buffers");
+            }
+            let pos = match disk_offset(disk, sector, out_len) {
+                Ok(p) => p,
+                Err(e) => return ioerr(e),
+            };
+            let mut done = 0u64;
+            while done < out_len {
+                let n = (out_len - done).min(CHUNK as u64) as usize;
+                disk.buf.resize(n, 0);
+                if let Err(e) = c.readable.read_at(mem, HEADER_LEN + done, &mut disk.buf[..n]) {
+                    return ioerr(e);
+                }
+                if let Err(e) = disk.file.write_all_at(&disk.buf[..n], pos + done) {
+                    return ioerr(format_args!("write {}: {e}", disk.path.display()));
+                }
+                done += n as u64;
+            }
+            if !disk.flush_negotiated {
+                if let Err(e) = disk.file.sync_data() {
+                    return ioerr(format_args!("fdatasync {}: {e}", disk.path.display()));
+                }
+            }
+            Outcome(VIRTIO_BLK_S_OK, 0)
+        }
+        VIRTIO_BLK_T_FLUSH => {
+            if disk.read_only {
+                return Outcome(VIRTIO_BLK_S_OK, 0);
+            }
+            match disk.file.sync_data() {
+                Ok(()) => Outcome(VIRTIO_BLK_S_OK, 0),
+                Err(e) => ioerr(format_args!("fdatasync {}: {e}", disk.path.display())),
+            }
+        }
+        VIRTIO_BLK_T_GET_ID => {
+            let n = data_len.min(disk.id.len() as u64) as usize;
+            match c.writable.write_at(mem, 0, &disk.id[..n]) {
+                Ok(()) => Outcome(VIRTIO_BLK_S_OK, n as u32),
+                Err(e) => ioerr(e),
+            }
+        }
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            let negotiated = if rtype == VIRTIO_BLK_T_DISCARD {
+                disk.discard
+            } else {
+                disk.write_zeroes
+            };
+            if !negotiated {
+                return Outcome(VIRTIO_BLK_S_UNSUPP, 0);
+            }
+            if disk.read_only {
+                return ioerr("discard / write-zeroes on a read-only disk");
+            }
+            if out_len == 0 || out_len % DWZ_SEG_LEN != 0 || out_len / DWZ_SEG_LEN > 1 {
+                return ioerr(format_args!("bad discard / write-zeroes payload of {out_len} bytes"));
+            }
+            let mut seg = [0u8; DWZ_SEG_LEN as usize];
+            if let Err(e) = c.readable.read_at(mem, HEADER_LEN, &mut seg) {
+                return ioerr(e);
+            }
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&seg[0..8]);
+            let start = u64::from_le_bytes(s);
+            let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+            if num > MAX_DISCARD_SECTORS {
+                return ioerr(format_args!("{num} sectors exceeds the advertised maximum"));
+            }
+            if rtype == VIRTIO_BLK_T_DISCARD && flags != 0 {
+                return Outcome(VIRTIO_BLK_S_UNSUPP, 0);
+            }
+            if flags & !WRITE_ZEROES_FLAG_UNMAP != 0 {
+                return Outcome(VIRTIO_BLK_S_UNSUPP, 0);
+            }
+            let len = u64::from(num) * SECTOR_SIZE;
+            let pos = match disk_offset(disk, start, len) {
+                Ok(p) => p,
+                Err(e) => return ioerr(e),
+            };
+            if rtype == VIRTIO_BLK_T_DISCARD {
+                // Discard is a hint: an unsupported hole punch is not an error.
+                if let Err(e) = punch_hole(disk, pos, len) {
+                    log::debug!("virtio-blk: discard not done: {e}");
+                }
+                Outcome(VIRTIO_BLK_S_OK, 0)
+            } else {
+                match write_zeroes(disk, pos, len) {
+                    Ok(()) => Outcome(VIRTIO_BLK_S_OK, 0),
+                    Err(e) => ioerr(format_args!("write zeroes {}: {e}", disk.path.display())),
+                }
+            }
+        }
+        t => {
+            warn!("virtio-blk: unsupported request type {t}");
+            Outcome(VIRTIO_BLK_S_UNSUPP, 0)
+        }
+    }
+}
+
+fn fallocate(disk: &Disk, mode: i32, pos: u64, len: u64) -> std::io::Result<()> {
+    let (Ok(off), Ok(l)) = (libc::off_t::try_from(pos), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate on a file descriptor we own; no memory is passed.
+    if unsafe { libc::fallocate(disk.file.as_raw_fd(), mode, off, l) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn punch_hole(disk: &Disk, pos: u64, len: u64) -> std::io::Result<()> {
+    fallocate(
+        disk,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        pos,
+        len,
+    )
+}
+
+fn write_zeroes(disk: &mut Disk, pos: u64, len: u64) -> std::io::Result<()> {
+    let r = fallocate(
+        disk,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        pos,
+        len,
+    )
+    .or_else(|_| punch_hole(disk, pos, len));
+    if r.is_err() {
+        // Neither is supported (e.g. a block device): write the zeros.
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(CHUNK as u64) as usize;
+            disk.buf.clear();
+            disk.buf.resize(n, 0);
+            disk.file.write_all_at(&disk.buf, pos + done)?;
+            done += n as u64;
+        }
+    }
+    if !disk.flush_negotiated {
+        disk.file.sync_data()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! virtio-net (virtio 1.2 §5.1) backed by a TAP (or any [`NetBackend`]).
+//!
+//! Queue 0 is RX, queue 1 TX. Frames carry the 12-byte `virtio_net_hdr_v1`, passed
+//! through to and from the TAP unchanged (except `num_buffers`, set to 1 on RX).
+//! `VIRTIO_NET_F_MRG_RXBUF` is not offered: each received frame goes into one chain.
+//!
+//! Flow control: a frame the backend refuses with `EAGAIN` stays pending (its chain is
+//! not returned) and is retried when the fd becomes writable (EPOLLOUT is watched only
+//! then). The TAP is read only while the driver has RX buffers posted; when it runs out,
+//! EPOLLIN is dropped until the driver notifies the RX queue.
+
+pub mod tap;
+
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use event_manager::EventSet;
+use log::{error, warn};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+use super::chain;
+use super::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{has, read_config_bytes, Error, Interrupt, Mem, VirtioDevice, TYPE_NET};
+use tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+
+/// Device handles partial checksums from the driver.
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// Driver handles partial checksums.
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// `mac` in config space is valid.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// Driver can receive TSOv4.
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+/// Driver can receive TSOv6.
+pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+/// Device can receive TSOv4 from the driver.
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// Device can receive TSOv6 from the driver.
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// `status` in config space is valid.
+pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// Config `status` bit: link up.
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// RX queue index.
+pub const RX_QUEUE: usize = 0;
+/// TX queue index.
+pub const TX_QUEUE: usize = 1;
+/// Maximum size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Length of `struct virtio_net_hdr_v1`.
+pub const VNET_HDR_LEN: usize = 12;
+/// Largest frame (header included) moved in either direction: 64 KiB GSO packets.
+pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65_550;
+
+/// The host side of a virtio-net device.
+pub trait NetBackend: AsRawFd + Send {
+    /// Reads one frame (with its vnet header); `WouldBlock` when none is waiting.
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Writes one frame (with its vnet header); `WouldBlock` when the backend is full.
+    fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+    /// Whether checksum / TSO offloads can be enabled.
+    fn offloads_supported(&self) -> bool {
+        false
+    }
+    /// Sets `TUN_F_*` receive offloads.
+    fn set_offload(&mut self, _flags: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Active {
+    mem: Mem,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+/// A virtio network device.
+pub struct Net<B: NetBackend> {
+    backend: B,
+    avail_features: u64,
+    acked_features: u64,
+    config: [u8; 8],
+    active: Option<Active>,
+    rx_buf: Vec<u8>,
+    /// Length of a frame read from the backend but not yet delivered.
+    rx_len: Option<usize>,
+    /// The driver may have RX buffers: watch the backend for input.
+    rx_wanted: bool,
+    /// A TX frame the backend refused with `EAGAIN`, and its chain head.
+    tx_pending: Option<(u16, Vec<u8>)>,
+    broken: bool,
+}
+
+impl<B: NetBackend> Net<B> {
+    /// A device with MAC address `mac` on `backend`.
+    pub fn new(backend: B, mac: [u8; 6]) -> Result<Self, Error> {
+        let mut avail_features =
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
+        if backend.offloads_supported() {
+            avail_features |= VIRTIO_NET_F_CSUM
+                | VIRTIO_NET_F_GUEST_CSUM
+                | VIRTIO_NET_F_GUEST_TSO4
+                | VIRTIO_NET_F_GUEST_TSO6
+                | VIRTIO_NET_F_HOST_TSO4
+                | VIRTIO_NET_F_HOST_TSO6;
+        }
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&mac);
+        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        Ok(Self {
+            backend,
+            avail_features,
+            acked_features: 0,
+            config,
+            active: None,
+            rx_buf: vec![0; MAX_FRAME_LEN],
+            rx_len: None,
+            rx_wanted: false,
+            tx_pending: None,
+            broken: false,
+        })
+    }
+
+    /// The backend (e.g. the [`tap::Tap`]).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn notify(q: &mut Queue, mem: &Mem, interrupt: &Interrupt, what: &str) {
+        match q.needs_notification(&**mem) {
+            Ok(true) => interrupt.signal_used(),
+            Ok(false) => {}
+            Err(e) => {
+                error!("virtio-net: {what}: cannot read used_event: {e}");
+                interrupt.signal_used();
+            }
+        }
+    }
+
+    /// Moves frames from the backend into RX buffers while both exist.
+    fn process_rx(&mut self) {
+        let Some(act) = self.active.as_mut() else {
+            return;
+        };
+        let mem = act.mem.clone();
+        let q = &mut act.rx;
+        let mut used = false;
+        loop {
+            if self.rx_len.is_none() {
+                let avail = match q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
+                    Ok(i) => i.0 != q.next_avail(),
+                    Err(e) => {
+                        error!("virtio-net: cannot read the RX ring: {e}");
+                        false
+                    }
+                };
+                if !avail {
+                    // Out of buffers: ask for a notification, re-checking for a race.
+                    if q.event_idx_enabled() && matches!(q.enable_notification(&*mem), Ok(true))
+                    {
+                        continue;
+                    }
+                    self.rx_wanted = false;
+                    break;
+                }
+                match self.backend.read_frame(&mut self.rx_buf) {
+                    Ok(n) => self.rx_len = Some(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        error!("virtio-net: backend read failed: {e}");
+                        break;
+                    }
+                }
+            }
+            let Some(n) = self.rx_len else { break };
+            let Some(c) = q.pop_descriptor_chain(&*mem) else {
+                self.rx_wanted = false;
+                break;
+            };
+            let head = c.head_index();
+            let parsed = match chain::parse(&mem, c, u64::from(u32::MAX)) {
+                Ok(p) if p.readable.len() == 0 && p.writable.len() >= VNET_HDR_LEN as u64 => p,
+                Ok(_) => {
+                    warn!("virtio-net: RX chain {head} is not a device-writable buffer of >= 12 bytes");
+                    if let Err(e) = q.add_used(&*mem, head, 0) {
+                        error!("virtio-net: cannot return RX chain {head}: {e}");
+                    }
+                    used = true;
+                    continue;
+                }
+                Err(rej) => {
+                    warn!("virtio-net: malformed RX chain {head}: {}", rej.error);
+                    if let Err(e) = q.add_used(&*mem, head, 0) {
+                        error!("virtio-net: cannot return RX chain {head}: {e}");
+                    }
+                    used = true;
+                    continue;
+                }
+            };
+            if (n as u64) > parsed.writable.len() || n < VNET_HDR_LEN {
+                warn!(
+                    "virtio-net: dropping a {n}-byte frame: RX buffer holds {} bytes",
+                    parsed.writable.len()
+                );
+                q.go_to_previous_position();
+                self.rx_len = None;
+                continue;
+            }
+            // num_buffers = 1 (§5.1.6.4).
+            self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let len = match parsed.writable.write_at(&mem, 0, &self.rx_buf[..n]) {
+                Ok(()) => n as u32,
+                Err(e) => {
+                    error!("virtio-net: cannot write RX frame: {e}");
+                    0
+                }
+            };
+            self.rx_len = None;
+            if let Err(e) = q.add_used(&*mem, head, len) {
+                error!("virtio-net: cannot return RX chain {head}: {e}");
+            }
+            used = true;
+        }
+        if used {
+            Self::notify(q, &mem, &act.interrupt, "RX");
+        }
+    }
+
+    /// Sends TX chains to the backend until the queue is empty or the backend is full.
+    fn process_tx(&mut self) {
+        let Some(act) = self.active.as_mut() else {
+            return;
+        };
+        let mem = act.mem.clone();
+        let q = &mut act.tx;
+        let mut used = false;
+        let mut blocked = false;
+        if let Some((head, frame)) = self.tx_pending.take() {
+            match self.backend.write_frame(&frame) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.tx_pending = Some((head, frame));
+                    blocked = true;
+                }
+                res => {
+                    if let Err(e) = res {
+                        warn!("virtio-net: dropping TX frame: {e}");
+                    }
+                    if let Err(e) = q.add_used(&*mem, head, 0) {
+                        error!("virtio-net: cannot return TX chain {head}: {e}");
+                    }
+                    used = true;
+                }
+            }
+        }
+        while !blocked {
+            let mut popped = 0usize;
+            while let Some(c) = q.pop_descriptor_chain(&*mem) {
+                popped += 1;
+                let head = c.head_index();
+                let frame = match chain::parse(&mem, c, MAX_FRAME_LEN as u64) {
+                    Ok(p) if p.writable.len() == 0 && p.readable.len() >= VNET_HDR_LEN as u64 => {
+                        let mut f = vec![0u8; p.readable.len() as usize];
+                        match p.readable.read_at(&mem, 0, &mut f) {
+                            Ok(()) => Some(f),
+                            Err(e) => {
+                                warn!("virtio-net: cannot read TX chain {head}: {e}");
+                                None
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        warn!("virtio-net: TX chain {head} is not a readable frame of >= 12 bytes");
+                        None
+                    }
+                    Err(rej) => {
+                        warn!("virtio-net: malformed TX chain {head}: {}", rej.error);
+                        None
+                    }
+                };
+                if let Some(f) = frame {
+                    match self.backend.write_frame(&f) {
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            self.tx_pending = Some((head, f));
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) => warn!("virtio-net: dropping TX frame: {e}"),
+                        Ok(_) => {}
+                    }
+                }
+                if let Err(e) = q.add_used(&*mem, head, 0) {
+                    error!("virtio-net: cannot return TX chain {head}: {e}");
+                }
+                used = true;
+            }
+            if blocked || !q.event_idx_enabled() {
+                break;
+            }
+            match q.enable_notification(&*mem) {
+                Ok(true) if popped > 0 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    error!("virtio-net: cannot re-enable TX notifications: {e}");
+                    break;
+                }
+            }
+        }
+        if used {
+            Self::notify(q, &mem, &act.interrupt, "TX");
+        }
+    }
+}
+
+impl<B: NetBackend> VirtioDevice for Net<B> {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        warn!("virtio-net: config write at {offset:#x} ignored (read-only in virtio 1.x)");
+    }
+
+    fn activate(
+        &mut self,
+        mem: Mem,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), Error> {
+        let [rx, tx]: [Queue; 2] = queues
+            .try_into()
+            .map_err(|_| Error::Activate("virtio-net needs exactly two queues".into()))?;
+        if self.backend.offloads_supported() {
+            let f = self.acked_features;
+            let mut flags = 0;
+            if has(f, VIRTIO_NET_F_GUEST_CSUM) {
+                flags |= TUN_F_CSUM;
+                if has(f, VIRTIO_NET_F_GUEST_TSO4) {
+                    flags |= TUN_F_TSO4;
+                }
+                if has(f, VIRTIO_NET_F_GUEST_TSO6) {
+                    flags |= TUN_F_TSO6;
+                }
+            }
+            self.backend
+                .set_offload(flags)
+                .map_err(|e| Error::Activate(format!("virtio-net: TUNSETOFFLOAD {flags:#x}: {e}")))?;
+        }
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+        });
+        self.rx_wanted = true;
+        self.broken = false;
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+        self.rx_len = None;
+        self.rx_wanted = false;
+        if self.tx_pending.take().is_some() {
+            warn!("virtio-net: reset dropped a pending TX frame");
+        }
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        match index {
+            RX_QUEUE => {
+                self.rx_wanted = true;
+                self.process_rx();
+            }
+            TX_QUEUE => self.process_tx(),
+            _ => {}
+        }
+    }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        vec![self.backend.as_raw_fd()]
+    }
+
+    fn backend_interest(&self, _index: usize) -> EventSet {
+        let mut s = EventSet::empty();
+        if self.broken || self.active.is_none() {
+            return s;
+        }
+        if self.rx_wanted {
+            s |= EventSet::IN;
+        }
+        if self.tx_pending.is_some() {
+            s |= EventSet::OUT;
+        }
+        s
+    }
+
+    fn process_backend(&mut self, _index: usize, events: EventSet) {
+        if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+            error!("virtio-net: backend fd error or hang-up; no longer watched");
+            self.broken = true;
+            return;
+        }
+        if events.contains(EventSet::OUT) {
+            self.process_tx();
+        }
+        if events.contains(EventSet::IN) {
+            self.process_rx();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

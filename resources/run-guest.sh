@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Boots Kiln's test guest: builds Kiln (release) and the guest on demand, then runs
+#   kiln run --kernel resources/out/guest/kiln-test-guest.elf
+# Extra arguments are passed to `kiln run` (e.g. --cpus 2 --cmdline "...").
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+bash resources/setup.sh --no-linux >/dev/null
+cargo build --release --quiet
+exec target/release/kiln run --kernel resources/out/guest/kiln-test-guest.elf --boot-timer \
+    --cmdline "console=ttyS0 reboot=k panic=1 kiln.ram=$((128*1024*1024 - 0x60400)) kiln.cpus=1" "$@"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what Kiln's build and tests need on a Debian/Ubuntu host: the C toolchain for
+# the test guest, and (unless --no-linux) Debian's cloud kernel and a busybox initramfs.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+need=()
+for tool in gcc:gcc ld:binutils python3:python3 make:make; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+if ((${#need[@]})); then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+
+bash "$repo/resources/build-guest.sh" "$repo/resources/out/guest"
+if [ "${1:-}" != "--no-linux" ]; then
+    bash "$repo/resources/linux/fetch-all.sh"
+fi

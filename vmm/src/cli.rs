@@ -1,0 +1,139 @@
+//! The `kiln` command line (clap): `kiln run`, `kiln check`, `kiln bench`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use vmm::config::{
+    parse_size, BootProtocolConfig, ConfigError, DiskConfig, MemSize, NetConfig, SerialConfig,
+    VmConfig,
+};
+
+/// Kiln: a microVM monitor on KVM.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, args_override_self = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a VM and attach its serial console.
+    Run(RunArgs),
+    /// Check /dev/kvm and the host's KVM features.
+    Check,
+}
+
+/// `kiln run` flags; each overrides the config file.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel image: an ELF vmlinux or a bzImage.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1"].
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Guest memory, e.g. 256M or 2G (no suffix = MiB) [default: 128M].
+    #[arg(long, value_parser = parse_mem)]
+    pub memory: Option<MemSize>,
+    /// Serial console: stdio, file=PATH or none [default: stdio].
+    #[arg(long)]
+    pub serial: Option<SerialConfig>,
+    /// Entry point for ELF kernels with a PVH note [default: auto].
+    #[arg(long, value_enum)]
+    pub boot_protocol: Option<BootProtocolConfig>,
+    /// virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable).
+    #[arg(long = "disk")]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net on a TAP: tap=NAME[,mac=AA:BB:CC:DD:EE:FF] (repeatable).
+    #[arg(long = "net")]
+    pub nets: Vec<NetConfig>,
+    /// JSON or TOML file with the same fields (kernel, initrd, cmdline, cpus, memory,
+    /// serial, boot_protocol, boot_timer, disks, nets).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "warn")]
+    pub log_level: log::LevelFilter,
+    /// Report the boot-timer signal (guest writes 123 to MMIO 0xc0000000).
+    #[arg(long)]
+    pub boot_timer: bool,
+    /// Write start-up timings as JSON to this file when the VM ends.
+    #[arg(long)]
+    pub timings: Option<PathBuf>,
+}
+
+fn parse_mem(s: &str) -> Result<MemSize, ConfigError> {
+    parse_size(s).map(MemSize)
+}
+
+impl RunArgs {
+    /// The VM configuration: config file (if any), then flags on top.
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let mut c = match &self.config {
+            Some(p) => VmConfig::from_file(p)?,
+            None => VmConfig::default(),
+        };
+        if let Some(k) = &self.kernel {
+            c.kernel = Some(k.clone());
+        }
+        if let Some(i) = &self.initrd {
+            c.initrd = Some(i.clone());
+        }
+        if let Some(s) = &self.cmdline {
+            c.cmdline = s.clone();
+        }
+        if let Some(n) = self.cpus {
+            c.cpus = n;
+        }
+        if let Some(m) = self.memory {
+            c.memory = m;
+        }
+        if let Some(s) = &self.serial {
+            c.serial = s.clone();
+        }
+        if let Some(p) = self.boot_protocol {
+            c.boot_protocol = p;
+        }
+        c.boot_timer |= self.boot_timer;
+        c.disks.extend(self.disks.iter().cloned());
+        c.nets.extend(self.nets.iter().cloned());
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("vm.json");
+        std::fs::write(&f, r#"{"kernel":"/a","cpus":2,"memory":"1G","cmdline":"x"}"#).unwrap();
+        let cli = Cli::try_parse_from([
+            "kiln", "run", "--config", f.to_str().unwrap(), "--cpus", "3", "--memory", "256M",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let c = args.to_config().unwrap();
+        assert_eq!(c.kernel, Some(PathBuf::from("/a")));
+        assert_eq!(c.cpus, 3);
+        assert_eq!(c.memory.0, 256 << 20);
+        assert_eq!(c.cmdline, "x");
+        std::fs::remove_dir_all(dir).unwrap();
+        assert!(Cli::try_parse_from(["kiln", "run", "--memory", "lots"]).is_err());
+    }
+}

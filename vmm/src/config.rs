@@ -1,0 +1,452 @@
+//! VM configuration: one validated struct built from a JSON/TOML file and CLI flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Default guest memory (128 MiB).
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+/// Smallest guest memory Kiln accepts: room for the boot structures and a kernel.
+pub const MIN_MEMORY: u64 = 2 << 20;
+
+/// Errors in the configuration (file or flags).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON/TOML for Kiln.
+    #[error("config file {path} is invalid: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        msg: String,
+    },
+    /// A size such as `--memory` could not be parsed.
+    #[error("invalid size '{0}': use a number with an optional K, M, G suffix (no suffix = MiB), e.g. 256M or 2G")]
+    Size(String),
+    /// No kernel was given.
+    #[error("no kernel given: pass --kernel PATH (a vmlinux ELF or a bzImage) or set \"kernel\" in the config file")]
+    NoKernel,
+    /// Memory is out of range.
+    #[error("memory {0} bytes is too small: give at least 2M (e.g. --memory 128M)")]
+    MemoryTooSmall(u64),
+    /// The vCPU count is zero.
+    #[error("cpus must be at least 1 (e.g. --cpus 1)")]
+    ZeroCpus,
+    /// More vCPUs than Kiln supports.
+    #[error("cpus {0} is above Kiln's limit of 254 vCPUs: use --cpus 254 or fewer")]
+    TooManyCpus(u32),
+    /// A `--serial` value that is not stdio, file=PATH or none.
+    #[error("invalid --serial '{0}': use stdio, file=PATH or none")]
+    Serial(String),
+    /// A `--disk`/`--net` option string that could not be parsed.
+    #[error("invalid {what} '{value}': {why}")]
+    DeviceOption {
+        /// `--disk` or `--net`.
+        what: &'static str,
+        /// The option string.
+        value: String,
+        /// What is wrong and how to write it.
+        why: String,
+    },
+}
+
+/// Where guest serial output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SerialConfig {
+    /// Kiln's stdout (and stdin to the guest).
+    #[default]
+    Stdio,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+impl std::str::FromStr for SerialConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "stdio" => Ok(Self::Stdio),
+            "none" => Ok(Self::None),
+            _ => match s.strip_prefix("file=") {
+                Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
+                _ => Err(ConfigError::Serial(s.to_string())),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for SerialConfig {
+    type Error = ConfigError;
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl From<SerialConfig> for String {
+    fn from(s: SerialConfig) -> String {
+        match s {
+            SerialConfig::Stdio => "stdio".into(),
+            SerialConfig::None => "none".into(),
+            SerialConfig::File(p) => format!("file={}", p.display()),
+        }
+    }
+}
+
+/// Which entry point to use for ELF kernels that offer PVH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocolConfig {
+    /// PVH when the ELF carries the PVH note, else the 64-bit Linux boot protocol.
+    #[default]
+    Auto,
+    /// Always the 64-bit Linux boot protocol.
+    Linux,
+    /// PVH (error if the kernel has no PVH note).
+    Pvh,
+}
+
+/// A guest memory size: an integer (MiB) or a string with a K/M/G suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "String")]
+pub struct MemSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Int(u64),
+    Str(String),
+}
+
+impl TryFrom<SizeRepr> for MemSize {
+    type Error = ConfigError;
+    fn try_from(r: SizeRepr) -> Result<Self, ConfigError> {
+        match r {
+            SizeRepr::Int(mib) => mib
+                .checked_mul(1 << 20)
+                .map(MemSize)
+                .ok_or_else(|| ConfigError::Size(mib.to_string())),
+            SizeRepr::Str(s) => parse_size(&s).map(MemSize),
+        }
+    }
+}
+
+impl From<MemSize> for String {
+    fn from(m: MemSize) -> String {
+        match m.0 {
+            b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+            b => format!("{b}B"),
+        }
+    }
+}
+
+/// Parses `256M`, `2G`, `65536K`, `512` (MiB) or `1024B` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let err = || ConfigError::Size(s.to_string());
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last().ok_or_else(err)? {
+        (i, 'k' | 'K') => (&t[..i], 10),
+        (i, 'm' | 'M') => (&t[..i], 20),
+        (i, 'g' | 'G') => (&t[..i], 30),
+        (i, 'b' | 'B') => (&t[..i], 0),
+        _ => (t, 20),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| err())?;
+    n.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Guest cannot write.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Serial number reported by GET_ID (20 bytes max).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// A virtio-net interface on a TAP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// TAP interface name (opened if it exists, created and removed on exit if not).
+    pub tap: String,
+    /// Guest MAC address; generated from the TAP name if absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// The whole VM configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// Kernel image (vmlinux ELF or bzImage).
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (Kiln appends its virtio-mmio device entries).
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Guest memory in bytes.
+    pub memory: MemSize,
+    /// Serial console destination.
+    pub serial: SerialConfig,
+    /// Boot protocol choice for ELF kernels.
+    pub boot_protocol: BootProtocolConfig,
+    /// Map the boot-timer device (always on in Kiln; kept for config compatibility).
+    pub boot_timer: bool,
+    /// virtio-blk disks.
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces.
+    pub nets: Vec<NetConfig>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            cpus: 1,
+            memory: MemSize(DEFAULT_MEMORY),
+            serial: SerialConfig::Stdio,
+            boot_protocol: BootProtocolConfig::Auto,
+            boot_timer: true,
+            disks: Vec::new(),
+            nets: Vec::new(),
+        }
+    }
+}
+
+impl VmConfig {
+    /// Reads a config file: TOML when it ends in `.toml`, JSON otherwise.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parse_err = |msg: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg,
+        };
+        if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| parse_err(e.to_string()))
+        } else {
+            serde_json::from_str(&text).map_err(|e| parse_err(e.to_string()))
+        }
+    }
+
+    /// Checks what can be checked without the host: kernel given, sizes and counts
+    /// in range. Host limits (KVM's vCPU maximum, memory) are checked when the VM is built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.is_none() {
+            return Err(ConfigError::NoKernel);
+        }
+        if self.memory.0 < MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall(self.memory.0));
+        }
+        match self.cpus {
+            0 => Err(ConfigError::ZeroCpus),
+            n if n > 254 => Err(ConfigError::TooManyCpus(n)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Splits `key=value,key=value` device options (a first bare value is `first_key`).
+pub fn parse_kv(
+    what: &'static str,
+    s: &str,
+    first_key: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, part) in s.split(',').enumerate() {
+        match part.split_once('=') {
+            Some((k, v)) if !k.is_empty() => out.push((k.to_string(), v.to_string())),
+            None if i == 0 && !part.is_empty() => out.push((first_key.to_string(), part.into())),
+            _ => {
+                return Err(ConfigError::DeviceOption {
+                    what,
+                    value: s.to_string(),
+                    why: format!("'{part}' is not key=value"),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = ConfigError;
+    /// Parses `path=FILE[,readonly=on][,id=NAME]`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::DeviceOption {
+            what: "--disk",
+            value: s.to_string(),
+            why,
+        };
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            readonly: false,
+            id: None,
+        };
+        for (k, v) in parse_kv("--disk", s, "path")? {
+            match k.as_str() {
+                "path" => disk.path = PathBuf::from(v),
+                "readonly" | "ro" => {
+                    disk.readonly = match v.as_str() {
+                        "on" | "true" | "yes" | "1" => true,
+                        "off" | "false" | "no" | "0" => false,
+                        _ => return Err(bad(format!("readonly={v}: use readonly=on or off"))),
+                    }
+                }
+                "id" => disk.id = Some(v),
+                _ => return Err(bad(format!("unknown key '{k}': use path, readonly, id"))),
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(bad("missing path: use --disk path=FILE".into()));
+        }
+        Ok(disk)
+    }
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = ConfigError;
+    /// Parses `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::DeviceOption {
+            what: "--net",
+            value: s.to_string(),
+            why,
+        };
+        let mut net = NetConfig {
+            tap: String::new(),
+            mac: None,
+        };
+        for (k, v) in parse_kv("--net", s, "tap")? {
+            match k.as_str() {
+                "tap" => net.tap = v,
+                "mac" => net.mac = Some(v),
+                _ => return Err(bad(format!("unknown key '{k}': use tap, mac"))),
+            }
+        }
+        if net.tap.is_empty() || net.tap.len() > 15 {
+            return Err(bad("tap name must be 1 to 15 characters: use --net tap=NAME".into()));
+        }
+        if let Some(m) = &net.mac {
+            parse_mac(m).ok_or_else(|| bad(format!("mac '{m}' is not AA:BB:CC:DD:EE:FF")))?;
+        }
+        Ok(net)
+    }
+}
+
+/// Parses a MAC address `AA:BB:CC:DD:EE:FF`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("512").unwrap(), 512 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("4096B").unwrap(), 4096);
+        for bad in ["", "M", "abc", "-1M", "1.5G", "99999999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_formats() {
+        let dir = std::env::temp_dir().join(format!("kiln-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml_path = dir.join("vm.toml");
+        std::fs::write(
+            &toml_path,
+            "kernel = \"/k\"\nmemory = \"256M\"\ncpus = 2\nserial = \"none\"\n\
+             [[disks]]\npath = \"/d.img\"\nreadonly = true\n",
+        )
+        .unwrap();
+        let c = VmConfig::from_file(&toml_path).unwrap();
+        assert_eq!(c.memory.0, 256 << 20);
+        assert_eq!(c.cpus, 2);
+        assert_eq!(c.serial, SerialConfig::None);
+        assert!(c.disks[0].readonly);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        let json_path = dir.join("vm.json");
+        std::fs::write(&json_path, r#"{"kernel":"/k","memory":64,"serial":"file=/tmp/x"}"#)
+            .unwrap();
+        let c = VmConfig::from_file(&json_path).unwrap();
+        assert_eq!(c.memory.0, 64 << 20);
+        assert_eq!(c.serial, SerialConfig::File("/tmp/x".into()));
+        std::fs::write(&json_path, r#"{"kernel":"/k","memry":64}"#).unwrap();
+        assert!(matches!(
+            VmConfig::from_file(&json_path),
+            Err(ConfigError::Parse { .. })
+        ));
+        let round: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(round, c);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = VmConfig::default();
+        assert!(matches!(c.validate(), Err(ConfigError::NoKernel)));
+        c.kernel = Some("/k".into());
+        c.validate().unwrap();
+        c.cpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::ZeroCpus)));
+        c.cpus = 1;
+        c.memory = MemSize(0);
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryTooSmall(0))));
+    }
+
+    #[test]
+    fn device_options() {
+        let d: DiskConfig = "path=/a.img,readonly=on,id=disk0".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/a.img"));
+        assert!(d.readonly);
+        assert_eq!(d.id.as_deref(), Some("disk0"));
+        let d: DiskConfig = "/b.img".parse().unwrap();
+        assert!(!d.readonly);
+        assert!("readonly=on".parse::<DiskConfig>().is_err());
+        assert!("path=/a,readonly=maybe".parse::<DiskConfig>().is_err());
+        assert!("path=/a,size=3".parse::<DiskConfig>().is_err());
+        let n: NetConfig = "tap=kiln0,mac=02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(n.tap, "kiln0");
+        assert!("tap=kiln0,mac=zz".parse::<NetConfig>().is_err());
+        assert!("tap=averyveryverylongname".parse::<NetConfig>().is_err());
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! The VMM's error type: everything that can stop Kiln from building or running a VM.
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+
+/// Errors from building or running a VM. Each message names the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `/dev/kvm` does not exist.
+    #[error("/dev/kvm not found: load the KVM module (modprobe kvm_intel or kvm_amd) or run on a host with virtualization enabled")]
+    KvmMissing,
+    /// `/dev/kvm` exists but cannot be opened.
+    #[error("cannot open /dev/kvm: permission denied: add your user to the 'kvm' group (sudo usermod -aG kvm $USER, then log in again) or run as root")]
+    KvmPermission,
+    /// Opening `/dev/kvm` failed otherwise.
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(std::io::Error),
+    /// The KVM API version is not 12.
+    #[error("KVM API version {0} is not supported (need 12): upgrade the host kernel")]
+    KvmApiVersion(i32),
+    /// A KVM capability Kiln needs is missing.
+    #[error("the host KVM lacks {0}: Kiln needs it; upgrade the host kernel")]
+    KvmCapability(&'static str),
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        /// The operation.
+        what: &'static str,
+        /// The errno.
+        source: kvm_ioctls::Error,
+    },
+    /// More vCPUs than KVM allows.
+    #[error("cpus {asked} is above this host's KVM limit of {max}: use --cpus {max} or fewer")]
+    TooManyCpus {
+        /// Requested.
+        asked: u32,
+        /// KVM_CAP_MAX_VCPUS (capped at 254).
+        max: u32,
+    },
+    /// More memory than the host has.
+    #[error("memory {asked_mib} MiB is more than this host's {host_mib} MiB of RAM: use a smaller --memory")]
+    MemoryTooLarge {
+        /// Requested, MiB.
+        asked_mib: u64,
+        /// Host RAM, MiB.
+        host_mib: u64,
+    },
+    /// Guest memory could not be created.
+    #[error("cannot allocate {mib} MiB of guest memory: {msg}; use a smaller --memory")]
+    GuestMemory {
+        /// Size, MiB.
+        mib: u64,
+        /// The allocator's message.
+        msg: String,
+    },
+    /// Loading the kernel, initrd or command line failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// A device could not be set up.
+    #[error("device setup: {0}")]
+    Device(String),
+    /// The serial output file could not be opened.
+    #[error("cannot open serial output file {path}: {source}")]
+    SerialFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Host I/O (eventfds, threads, epoll).
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    EventLoop(String),
+}
+
+/// Result with the VMM's error.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Wraps a KVM ioctl error with what was being done.
+pub fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+/// Wraps a host I/O error with what was being done.
+pub fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}

@@ -1,0 +1,273 @@
+//! A VM: built from a [`VmConfig`], then run until the guest or the host ends it.
+//!
+//! Ownership: the [`Vm`] owns the KVM handles, guest memory (shared read-only with vCPU
+//! threads and devices through `Arc`), the buses and the event loop. [`Vm::run`] moves
+//! each `VcpuFd` to its own thread and runs the event loop on the calling thread.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use boot::{layout, BootInfo, GuestMemoryMmap};
+use devices::legacy::BootTimestamps;
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use event_manager::SubscriberOps;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::config::{BootProtocolConfig, VmConfig};
+use crate::device_manager::{DeviceManager, SerialIo};
+use crate::error::{io, kvm_err, Error, Result};
+use crate::event_loop::{self, ExitSubscriber, Manager};
+use crate::exit::{ExitLatch, VmExit};
+use crate::host;
+use crate::vcpu::{self, VcpuContext};
+
+/// Options for running a VM that depend on the embedding program, not the guest.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Stop on SIGINT/SIGTERM/SIGHUP (the `kiln` binary sets this; library users
+    /// usually leave it off and call [`StopHandle::stop`]).
+    pub handle_signals: bool,
+    /// When the process started, in `CLOCK_MONOTONIC` ns (0 = now).
+    pub process_start_ns: u64,
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    kvm: Kvm,
+    _fd: VmFd,
+    mem: Arc<GuestMemoryMmap>,
+    devices: DeviceManager,
+    vcpus: Vec<VcpuFd>,
+    em: Manager,
+    latch: Arc<ExitLatch>,
+    times: Arc<BootTimestamps>,
+    boot: BootInfo,
+    cmdline: String,
+    signals: Option<OwnedFd>,
+    pvm_host: bool,
+}
+
+/// Stops a running VM from another thread.
+#[derive(Clone)]
+pub struct StopHandle(Arc<ExitLatch>);
+
+impl StopHandle {
+    /// Asks the VM to stop; [`Vm::run`] then returns [`VmExit::Stopped`].
+    pub fn stop(&self) {
+        self.0.set(VmExit::Stopped);
+    }
+}
+
+impl Vm {
+    /// Builds a VM: KVM VM, memory, devices, kernel loaded, vCPUs configured.
+    pub fn new(cfg: &VmConfig, serial: SerialIo, opts: RunOptions) -> Result<Self> {
+        cfg.validate()?;
+        let start = match opts.process_start_ns {
+            0 => devices::legacy::boot_timer::monotonic_ns(),
+            t => t,
+        };
+        let times = Arc::new(BootTimestamps::new(start));
+        // Block stop signals before any thread exists so every thread inherits the mask.
+        let signals = match opts.handle_signals {
+            true => Some(event_loop::block_stop_signals()?),
+            false => None,
+        };
+        let kvm = host::open_kvm()?;
+        let max = host::max_vcpus(&kvm);
+        if cfg.cpus > max {
+            return Err(Error::TooManyCpus {
+                asked: cfg.cpus,
+                max,
+            });
+        }
+        let mem_size = cfg.memory.0;
+        if let Some(host_mem) = host::host_memory() {
+            if mem_size > host_mem {
+                return Err(Error::MemoryTooLarge {
+                    asked_mib: mem_size >> 20,
+                    host_mib: host_mem >> 20,
+                });
+            }
+        }
+        let fd = create_vm(&kvm)?;
+        let mem = Arc::new(create_memory(&fd, mem_size)?);
+        let latch = Arc::new(ExitLatch::new().map_err(io("creating exit eventfd"))?);
+        let mut em = Manager::new().map_err(|e| Error::EventLoop(format!("{e:?}")))?;
+        let mut devices = DeviceManager::new()?;
+        devices.attach_legacy(&fd, &mut em, serial, times.clone())?;
+        crate::virtio::attach_all(cfg, &fd, &mem, &mut devices, &mut em)?;
+
+        let mut cmdline = cfg.cmdline.trim().to_string();
+        for extra in &devices.cmdline_extra {
+            cmdline.push(' ');
+            cmdline.push_str(extra);
+        }
+        let cpus = cfg.cpus as u8;
+        let boot = boot::load(
+            &mem,
+            &boot::BootConfig {
+                kernel: cfg.kernel.as_deref().ok_or(crate::config::ConfigError::NoKernel)?,
+                initrd: cfg.initrd.as_deref(),
+                cmdline: &cmdline,
+                mem_size,
+                cpus,
+                protocol: match cfg.boot_protocol {
+                    BootProtocolConfig::Auto => boot::BootProtocol::Auto,
+                    BootProtocolConfig::Linux => boot::BootProtocol::Linux64,
+                    BootProtocolConfig::Pvh => boot::BootProtocol::Pvh,
+                },
+            },
+        )?;
+        let mut vcpus = Vec::with_capacity(cpus as usize);
+        for id in 0..cpus {
+            let v = fd.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let entry = (id == 0).then_some(&boot.entry);
+            vcpu::configure(&kvm, &v, id, cpus, entry)?;
+            vcpus.push(v);
+        }
+        Ok(Self {
+            kvm,
+            _fd: fd,
+            mem,
+            devices,
+            vcpus,
+            em,
+            latch,
+            times,
+            boot,
+            cmdline,
+            signals,
+            pvm_host: host::is_pvm_host(),
+        })
+    }
+
+    /// The command line the guest receives (user's plus Kiln's device entries).
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Where the kernel, initrd and entry point ended up.
+    pub fn boot_info(&self) -> &BootInfo {
+        &self.boot
+    }
+
+    /// Start-up timestamps (shared; filled in while the VM runs).
+    pub fn timestamps(&self) -> Arc<BootTimestamps> {
+        self.times.clone()
+    }
+
+    /// A handle that stops the VM from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.latch.clone())
+    }
+
+    /// The KVM system handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// Runs the VM to its end: starts the vCPU threads, runs the event loop, then stops
+    /// and joins every vCPU. Returns why the VM ended.
+    pub fn run(mut self) -> Result<VmExit> {
+        vcpu::install_kick_handler()?;
+        let exit_sub = ExitSubscriber::new(
+            self.latch.clone(),
+            self.devices.reset_evt.try_clone().map_err(io("cloning eventfd"))?,
+            self.devices.quit_evt.try_clone().map_err(io("cloning eventfd"))?,
+            self.signals.take(),
+        );
+        self.em.add_subscriber(Arc::new(std::sync::Mutex::new(exit_sub)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pio = Arc::new(std::mem::take(&mut self.devices.pio));
+        let mmio = Arc::new(std::mem::take(&mut self.devices.mmio));
+        BootTimestamps::mark(&self.times.vmm_ready);
+        let mut threads = Vec::new();
+        for (id, fd) in self.vcpus.drain(..).enumerate() {
+            let ctx = VcpuContext {
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: self.mem.clone(),
+                stop: stop.clone(),
+                latch: self.latch.clone(),
+                times: self.times.clone(),
+                pvm_host: self.pvm_host,
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("kiln-vcpu{id}"))
+                .spawn(move || vcpu::run(fd, id as u32, ctx));
+            match t {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.latch.set(VmExit::Stopped);
+                    stop_vcpus(&stop, threads);
+                    return Err(Error::Io {
+                        what: "spawning a vCPU thread",
+                        source: e,
+                    });
+                }
+            }
+        }
+        let result = event_loop::run_until_exit(&mut self.em, &self.latch);
+        stop_vcpus(&stop, threads);
+        result
+    }
+}
+
+/// Sets the stop flag and kicks every vCPU thread until it has left `KVM_RUN`, then joins.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<std::thread::JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    for t in threads {
+        while !t.is_finished() {
+            // SAFETY: the thread is alive (not finished, not joined), so its pthread_t is valid.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if t.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+    let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(fd)
+}
+
+/// Creates guest memory laid out by [`layout::ram_regions`] and registers it with KVM.
+fn create_memory(fd: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+        .into_iter()
+        .map(|(start, size)| (GuestAddress(start), size as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+        mib: mem_size >> 20,
+        msg: e.to_string(),
+    })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM fd
+        // use (the Vm keeps both; guest memory is dropped after the vCPUs are joined).
+        unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(mem)
+}
