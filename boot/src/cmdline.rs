@@ -30,7 +30,10 @@ pub fn validate(cmdline: &str, max: usize) -> Result<(), BootError> {
         return Err(BootError::CmdlineNul { offset });
     }
     if cmdline.len() > max {
-        return Err(BootError::CmdlineTooLong { len: cmdline.len(), max });
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
     }
     Ok(())
 }
@@ -80,7 +83,10 @@ mod tests {
 
     #[test]
     fn rejects_nul_and_long() {
-        assert!(matches!(validate("a\0b", 10), Err(BootError::CmdlineNul { offset: 1 })));
+        assert!(matches!(
+            validate("a\0b", 10),
+            Err(BootError::CmdlineNul { offset: 1 })
+        ));
         assert!(matches!(
             validate("abcd", 3),
             Err(BootError::CmdlineTooLong { len: 4, max: 3 })
@@ -93,6 +99,9 @@ mod tests {
     #[test]
     fn write_fails_without_memory() {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        assert!(matches!(write(&m, "x", 10), Err(BootError::GuestWrite { .. })));
+        assert!(matches!(
+            write(&m, "x", 10),
+            Err(BootError::GuestWrite { .. })
+        ));
     }
 }

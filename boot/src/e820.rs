@@ -37,19 +37,38 @@ pub fn build(mem_size: u64) -> Result<Vec<E820Entry>, BootError> {
         });
     }
     let mut map = vec![
-        E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
-        E820Entry { addr: EBDA_START, size: HIMEM_START - EBDA_START, kind: E820_RESERVED },
-        E820Entry { addr: HIMEM_START, size: first_end - HIMEM_START, kind: E820_RAM },
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: EBDA_START,
+            size: HIMEM_START - EBDA_START,
+            kind: E820_RESERVED,
+        },
+        E820Entry {
+            addr: HIMEM_START,
+            size: first_end - HIMEM_START,
+            kind: E820_RAM,
+        },
     ];
     for &(addr, size) in regions.iter().skip(1) {
-        map.push(E820Entry { addr, size, kind: E820_RAM });
+        map.push(E820Entry {
+            addr,
+            size,
+            kind: E820_RAM,
+        });
     }
     Ok(map)
 }
 
 /// Total bytes of RAM in `map`.
 pub fn ram_total(map: &[E820Entry]) -> u64 {
-    map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum()
+    map.iter()
+        .filter(|e| e.kind == E820_RAM)
+        .map(|e| e.size)
+        .sum()
 }
 
 #[cfg(test)]
@@ -62,7 +81,14 @@ mod tests {
         let map = build(128 << 20).unwrap();
         assert_eq!(map.len(), 3);
         assert_eq!(ram_total(&map), (128 << 20) - (0x10_0000 - 0x9fc00));
-        assert_eq!(map[1], E820Entry { addr: 0x9fc00, size: 0x60400, kind: E820_RESERVED });
+        assert_eq!(
+            map[1],
+            E820Entry {
+                addr: 0x9fc00,
+                size: 0x60400,
+                kind: E820_RESERVED
+            }
+        );
         assert_eq!(map[2].addr + map[2].size, 128 << 20);
     }
 
@@ -72,13 +98,23 @@ mod tests {
         let map = build(mem).unwrap();
         assert_eq!(map.len(), 4);
         assert_eq!(map[2].addr + map[2].size, MMIO_GAP_START);
-        assert_eq!(map[3], E820Entry { addr: MMIO_GAP_END, size: mem - MMIO_GAP_START, kind: E820_RAM });
+        assert_eq!(
+            map[3],
+            E820Entry {
+                addr: MMIO_GAP_END,
+                size: mem - MMIO_GAP_START,
+                kind: E820_RAM
+            }
+        );
         assert_eq!(ram_total(&map), mem - (HIMEM_START - EBDA_START));
     }
 
     #[test]
     fn too_small() {
-        assert!(matches!(build(HIMEM_START), Err(BootError::MemoryLayout { .. })));
+        assert!(matches!(
+            build(HIMEM_START),
+            Err(BootError::MemoryLayout { .. })
+        ));
         assert!(matches!(build(0), Err(BootError::MemoryLayout { .. })));
     }
 }

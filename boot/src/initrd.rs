@@ -18,13 +18,10 @@ pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
 /// Chooses the initrd address: page-aligned, `>= floor`, ending at or below `ceiling`.
 /// `floor` is the end of the kernel's boot-time footprint (rounded up to a page here).
-pub fn place(
-    path: &Path,
-    size: u64,
-    floor: u64,
-    ceiling: u64,
-) -> Result<u64, BootError> {
-    let floor_aligned = floor.checked_add(PAGE_SIZE - 1).map_or(u64::MAX, |v| v & !(PAGE_SIZE - 1));
+pub fn place(path: &Path, size: u64, floor: u64, ceiling: u64) -> Result<u64, BootError> {
+    let floor_aligned = floor
+        .checked_add(PAGE_SIZE - 1)
+        .map_or(u64::MAX, |v| v & !(PAGE_SIZE - 1));
     let too_large = || BootError::InitrdTooLarge {
         path: path.to_owned(),
         size,
@@ -46,11 +43,16 @@ pub fn load(
     floor: u64,
     ceiling: u64,
 ) -> Result<(u64, u64), BootError> {
-    let io_err = |source| BootError::InitrdRead { path: path.to_owned(), source };
+    let io_err = |source| BootError::InitrdRead {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(io_err)?;
     let size = file.metadata().map_err(io_err)?.len();
     if size == 0 {
-        return Err(BootError::InitrdEmpty { path: path.to_owned() });
+        return Err(BootError::InitrdEmpty {
+            path: path.to_owned(),
+        });
     }
     let addr = place(path, size, floor, ceiling)?;
     let len = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge {
@@ -66,9 +68,16 @@ pub fn load(
                 path: path.to_owned(),
                 source,
             },
-            source => BootError::GuestWrite { what: "initrd", addr, source },
+            source => BootError::GuestWrite {
+                what: "initrd",
+                addr,
+                source,
+            },
         })?;
-    log::debug!("loaded initrd {} at {addr:#x}, {size} bytes", path.display());
+    log::debug!(
+        "loaded initrd {} at {addr:#x}, {size} bytes",
+        path.display()
+    );
     Ok((addr, size))
 }
 
@@ -80,17 +89,32 @@ mod tests {
     #[test]
     fn placed_high_and_aligned() {
         let p = Path::new("i");
-        assert_eq!(place(p, 0x1800, 0x20_0000, 0x800_0000).unwrap(), 0x800_0000 - 0x2000);
-        assert_eq!(place(p, 0x1000, 0x20_0000, 0x800_0000).unwrap(), 0x800_0000 - 0x1000);
+        assert_eq!(
+            place(p, 0x1800, 0x20_0000, 0x800_0000).unwrap(),
+            0x800_0000 - 0x2000
+        );
+        assert_eq!(
+            place(p, 0x1000, 0x20_0000, 0x800_0000).unwrap(),
+            0x800_0000 - 0x1000
+        );
         // Exactly fits.
-        assert_eq!(place(p, 0x1000, 0x7ff_f001, 0x800_0000).unwrap_err().to_string().contains("does not fit"), true);
-        assert_eq!(place(p, 0x1000, 0x7ff_f000, 0x800_0000).unwrap(), 0x7ff_f000);
+        assert!(place(p, 0x1000, 0x7ff_f001, 0x800_0000).is_err());
+        assert_eq!(
+            place(p, 0x1000, 0x7ff_f000, 0x800_0000).unwrap(),
+            0x7ff_f000
+        );
     }
 
     #[test]
     fn too_large() {
         let e = place(Path::new("/x/initrd"), 0x900_0000, 0x20_0000, 0x800_0000).unwrap_err();
-        assert!(matches!(e, BootError::InitrdTooLarge { size: 0x900_0000, .. }));
+        assert!(matches!(
+            e,
+            BootError::InitrdTooLarge {
+                size: 0x900_0000,
+                ..
+            }
+        ));
         let s = e.to_string();
         assert!(s.contains("/x/initrd") && s.contains("--memory"), "{s}");
     }

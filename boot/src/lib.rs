@@ -161,7 +161,10 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
         return Err(BootError::NoCpus);
     }
     if cfg.cpus > mptable::MAX_CPUS {
-        return Err(BootError::TooManyCpus { cpus: cfg.cpus, max: mptable::MAX_CPUS });
+        return Err(BootError::TooManyCpus {
+            cpus: cfg.cpus,
+            max: mptable::MAX_CPUS,
+        });
     }
     let e820 = e820::build(cfg.mem_size)?;
     check_memory(mem, cfg.mem_size)?;
@@ -169,7 +172,9 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
     let k = loader::load_kernel(mem, cfg.kernel, cfg.mem_size)?;
     let pvh_entry = match (cfg.protocol, k.pvh_entry) {
         (BootProtocol::Pvh, None) => {
-            return Err(BootError::PvhUnavailable { path: cfg.kernel.to_owned() })
+            return Err(BootError::PvhUnavailable {
+                path: cfg.kernel.to_owned(),
+            })
         }
         (BootProtocol::Linux64, _) => None,
         (_, e) => e,
@@ -193,7 +198,11 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
     let mp_end = MPTABLE_START + mptable::size(cfg.cpus) as u64;
     let mut items = vec![
         ("boot tables", GDT_START, PDE_START + 4 * 0x1000),
-        ("kernel command line", CMDLINE_START, CMDLINE_START + cfg.cmdline.len() as u64 + 1),
+        (
+            "kernel command line",
+            CMDLINE_START,
+            CMDLINE_START + cfg.cmdline.len() as u64 + 1,
+        ),
         ("MP table", MPTABLE_START, mp_end),
         ("kernel", k.start, k.reserved_end),
     ];
@@ -206,7 +215,10 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
     x86::gdt::write(mem, pvh_entry.is_some())?;
     x86::paging::write(mem)?;
     let entry = match pvh_entry {
-        Some(eip) => EntryPoint::Pvh { eip, start_info: pvh::write(mem, cmdline_addr, initrd, &e820)? },
+        Some(eip) => EntryPoint::Pvh {
+            eip,
+            start_info: pvh::write(mem, cmdline_addr, initrd, &e820)?,
+        },
         None => {
             let info = zero_page::ZeroPageInfo {
                 header: hdr,
@@ -215,7 +227,10 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
                 initrd,
                 e820: &e820,
             };
-            EntryPoint::Linux64 { rip: k.entry64, zero_page: zero_page::write(mem, &info)? }
+            EntryPoint::Linux64 {
+                rip: k.entry64,
+                zero_page: zero_page::write(mem, &info)?,
+            }
         }
     };
     log::info!(

@@ -103,7 +103,12 @@ fn check_in_ram(path: &Path, mem_size: u64, start: u64, end: u64) -> Result<(), 
         .map(|&(s, n)| format!("[{s:#x}, {:#x})", s.saturating_add(n)))
         .collect::<Vec<_>>()
         .join(" + ");
-    Err(BootError::KernelDoesNotFit { path: path.to_owned(), start, end, ram: format!("is {ram}") })
+    Err(BootError::KernelDoesNotFit {
+        path: path.to_owned(),
+        start,
+        end,
+        ram: format!("is {ram}"),
+    })
 }
 
 /// Opens, validates and loads the kernel at `path` into `mem` (laid out for `mem_size`).
@@ -112,11 +117,16 @@ pub fn load_kernel(
     path: &Path,
     mem_size: u64,
 ) -> Result<LoadedKernel, BootError> {
-    let io_err = |source| BootError::KernelRead { path: path.to_owned(), source };
+    let io_err = |source| BootError::KernelRead {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(io_err)?;
     let size = file.metadata().map_err(io_err)?.len();
     if size == 0 {
-        return Err(BootError::KernelEmpty { path: path.to_owned() });
+        return Err(BootError::KernelEmpty {
+            path: path.to_owned(),
+        });
     }
     let mut head = vec![0u8; 0x400];
     let got = read_at(&mut file, 0, &mut head).map_err(io_err)?;
@@ -126,7 +136,9 @@ pub fn load_kernel(
     } else if head.len() >= HDRS_OFFSET + 4 && &head[HDRS_OFFSET..HDRS_OFFSET + 4] == b"HdrS" {
         load_bzimage(mem, path, &mut file, size, &head, mem_size)
     } else {
-        Err(BootError::KernelUnknownFormat { path: path.to_owned() })
+        Err(BootError::KernelUnknownFormat {
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -140,7 +152,10 @@ struct Phdr {
 }
 
 fn elf_invalid(path: &Path, detail: impl Into<String>) -> BootError {
-    BootError::ElfInvalid { path: path.to_owned(), detail: detail.into() }
+    BootError::ElfInvalid {
+        path: path.to_owned(),
+        detail: detail.into(),
+    }
 }
 
 /// Validates the ELF headers and returns `(e_entry, program headers)`.
@@ -161,28 +176,44 @@ fn parse_elf(
     }
     match head[4] {
         2 => {}
-        1 => return Err(BootError::Elf32Bit { path: path.to_owned() }),
+        1 => {
+            return Err(BootError::Elf32Bit {
+                path: path.to_owned(),
+            })
+        }
         c => return Err(elf_invalid(path, format!("unknown ELF class {c}"))),
     }
     if head[5] != 1 {
-        return Err(elf_invalid(path, "it is not little-endian (EI_DATA != ELFDATA2LSB)"));
+        return Err(elf_invalid(
+            path,
+            "it is not little-endian (EI_DATA != ELFDATA2LSB)",
+        ));
     }
     let machine = le16(head, 18);
     if machine != EM_X86_64 {
-        return Err(elf_invalid(path, format!("e_machine is {machine}, not x86-64 ({EM_X86_64})")));
+        return Err(elf_invalid(
+            path,
+            format!("e_machine is {machine}, not x86-64 ({EM_X86_64})"),
+        ));
     }
     let entry = le64(head, 24);
     let phoff = le64(head, 32);
     let phentsize = le16(head, 54);
     let phnum = le16(head, 56);
     if u64::from(phentsize) != PHDR_SIZE {
-        return Err(elf_invalid(path, format!("e_phentsize is {phentsize}, not {PHDR_SIZE}")));
+        return Err(elf_invalid(
+            path,
+            format!("e_phentsize is {phentsize}, not {PHDR_SIZE}"),
+        ));
     }
     if phnum == 0 {
         return Err(elf_invalid(path, "it has no program headers"));
     }
     if phoff < EHDR_SIZE {
-        return Err(elf_invalid(path, format!("e_phoff {phoff:#x} overlaps the ELF header")));
+        return Err(elf_invalid(
+            path,
+            format!("e_phoff {phoff:#x} overlaps the ELF header"),
+        ));
     }
     let table_len = u64::from(phnum) * PHDR_SIZE;
     let table_end = phoff
@@ -193,8 +224,10 @@ fn parse_elf(
     }
     // phnum <= 65535, so the table is at most ~3.5 MiB.
     let mut table = vec![0u8; table_len as usize];
-    let got = read_at(file, phoff, &mut table)
-        .map_err(|source| BootError::KernelRead { path: path.to_owned(), source })?;
+    let got = read_at(file, phoff, &mut table).map_err(|source| BootError::KernelRead {
+        path: path.to_owned(),
+        source,
+    })?;
     if got < table.len() {
         return Err(truncated("the program header table", table_end));
     }
@@ -215,7 +248,10 @@ fn parse_elf(
             return Err(truncated(&format!("segment {i}"), file_end));
         }
         if ph.p_type == PT_LOAD && ph.filesz > ph.memsz {
-            return Err(elf_invalid(path, format!("segment {i} has p_filesz > p_memsz")));
+            return Err(elf_invalid(
+                path,
+                format!("segment {i} has p_filesz > p_memsz"),
+            ));
         }
         phdrs.push(ph);
     }
@@ -240,7 +276,11 @@ fn load_elf(
             .checked_add(ph.memsz)
             .ok_or_else(|| elf_invalid(path, format!("segment at {:#x} overflows", ph.paddr)))?;
         if ph.paddr < HIMEM_START {
-            return Err(BootError::KernelTooLow { path: path.to_owned(), start: ph.paddr, end: seg_end });
+            return Err(BootError::KernelTooLow {
+                path: path.to_owned(),
+                start: ph.paddr,
+                end: seg_end,
+            });
         }
         check_in_ram(path, mem_size, ph.paddr, seg_end)?;
         start = start.min(ph.paddr);
@@ -252,10 +292,20 @@ fn load_elf(
         return Err(elf_invalid(path, "it has no loadable (PT_LOAD) segments"));
     }
     if entry < start || entry >= end {
-        return Err(BootError::BadEntry { path: path.to_owned(), which: "64-bit", addr: entry, start, end });
+        return Err(BootError::BadEntry {
+            path: path.to_owned(),
+            which: "64-bit",
+            addr: entry,
+            start,
+            end,
+        });
     }
-    let res = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START)))
-        .map_err(|source| BootError::KernelLoad { path: path.to_owned(), source })?;
+    let res = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+        BootError::KernelLoad {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
     for (addr, len) in bss {
         zero(mem, addr, len)?;
     }
@@ -263,7 +313,13 @@ fn load_elf(
         PvhBootCapability::PvhEntryPresent(a) => {
             let a = a.0;
             if a < start || a >= end {
-                return Err(BootError::BadEntry { path: path.to_owned(), which: "PVH", addr: a, start, end });
+                return Err(BootError::BadEntry {
+                    path: path.to_owned(),
+                    which: "PVH",
+                    addr: a,
+                    start,
+                    end,
+                });
             }
             Some(a)
         }
@@ -299,20 +355,31 @@ fn zero(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Result<(), BootError> {
 }
 
 fn bz_unsupported(path: &Path, detail: &str) -> BootError {
-    BootError::BzImageUnsupported { path: path.to_owned(), detail: detail.to_owned() }
+    BootError::BzImageUnsupported {
+        path: path.to_owned(),
+        detail: detail.to_owned(),
+    }
 }
 
 /// Parses and validates a bzImage setup header; returns it with the setup size in bytes.
 fn parse_bzimage(path: &Path, size: u64, head: &[u8]) -> Result<(setup_header, u64), BootError> {
     let hdr_end = SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>();
     if head.len() < hdr_end {
-        return Err(BootError::BzImageTruncated { path: path.to_owned(), needed: hdr_end as u64, size });
+        return Err(BootError::BzImageTruncated {
+            path: path.to_owned(),
+            needed: hdr_end as u64,
+            size,
+        });
     }
     let mut hdr = setup_header::default();
-    hdr.as_mut_slice().copy_from_slice(&head[SETUP_HEADER_OFFSET..hdr_end]);
+    hdr.as_mut_slice()
+        .copy_from_slice(&head[SETUP_HEADER_OFFSET..hdr_end]);
     let version = hdr.version;
     if version < 0x0206 {
-        return Err(BootError::BzImageTooOld { path: path.to_owned(), version });
+        return Err(BootError::BzImageTooOld {
+            path: path.to_owned(),
+            version,
+        });
     }
     if hdr.loadflags & LOADED_HIGH == 0 {
         return Err(bz_unsupported(
@@ -341,7 +408,11 @@ fn parse_bzimage(path: &Path, size: u64, head: &[u8]) -> Result<(setup_header, u
     let setup_size = (sects + 1) * 512;
     let needed = setup_size + u64::from(hdr.syssize).saturating_mul(16).max(1);
     if size < needed {
-        return Err(BootError::BzImageTruncated { path: path.to_owned(), needed, size });
+        return Err(BootError::BzImageTruncated {
+            path: path.to_owned(),
+            needed,
+            size,
+        });
     }
     Ok((hdr, setup_size))
 }
@@ -358,7 +429,11 @@ fn load_bzimage(
     let load = u64::from(hdr.code32_start);
     let end = load + (size - setup_size);
     if load < HIMEM_START {
-        return Err(BootError::KernelTooLow { path: path.to_owned(), start: load, end });
+        return Err(BootError::KernelTooLow {
+            path: path.to_owned(),
+            start: load,
+            end,
+        });
     }
     // 64-bit protocol: startup_64 decompresses into [max(align_up(load, kernel_alignment),
     // pref_address), + init_size) (boot.rst fields pref_address and init_size, 2.10+).
@@ -366,18 +441,28 @@ fn load_bzimage(
     if hdr.version >= 0x020a && hdr.init_size != 0 {
         let align = u64::from(hdr.kernel_alignment);
         let aligned = if align.is_power_of_two() {
-            load.checked_add(align - 1).map(|v| v & !(align - 1)).unwrap_or(u64::MAX)
+            load.checked_add(align - 1)
+                .map(|v| v & !(align - 1))
+                .unwrap_or(u64::MAX)
         } else {
             load
         };
         let base = aligned.max(hdr.pref_address);
         reserved_end = reserved_end.max(base.saturating_add(u64::from(hdr.init_size)));
     } else {
-        log::warn!("bzImage {} does not state init_size: decompression footprint unknown", path.display());
+        log::warn!(
+            "bzImage {} does not state init_size: decompression footprint unknown",
+            path.display()
+        );
     }
     check_in_ram(path, mem_size, load, reserved_end)?;
-    let res = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START)))
-        .map_err(|source| BootError::KernelLoad { path: path.to_owned(), source })?;
+    let res =
+        BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+            BootError::KernelLoad {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
     let version = hdr.version;
     log::debug!(
         "loaded bzImage {} (protocol {version:#x}) at {load:#x}, image end {end:#x}, reserved to {reserved_end:#x}",

@@ -62,7 +62,10 @@ pub fn build(base: u64, cpus: u8) -> Result<Vec<u8>, BootError> {
         return Err(BootError::NoCpus);
     }
     if cpus > MAX_CPUS {
-        return Err(BootError::TooManyCpus { cpus, max: MAX_CPUS });
+        return Err(BootError::TooManyCpus {
+            cpus,
+            max: MAX_CPUS,
+        });
     }
     let ioapic_id = cpus;
     // Configuration table body (after the 44-byte header).
@@ -85,10 +88,11 @@ pub fn build(base: u64, cpus: u8) -> Result<Vec<u8>, BootError> {
     body.extend_from_slice(&[ENTRY_LINT, INT_TYPE_EXTINT, 0, 0, 0, 0, 0xff, 0]);
     body.extend_from_slice(&[ENTRY_LINT, INT_TYPE_NMI, 0, 0, 0, 0, 0xff, 1]);
     let entry_count = u16::from(cpus) + 2 + u16::from(IRQ_COUNT) + 2;
-    let table_len = u16::try_from(HEADER_SIZE + body.len()).map_err(|_| BootError::TooManyCpus {
-        cpus,
-        max: MAX_CPUS,
-    })?;
+    let table_len =
+        u16::try_from(HEADER_SIZE + body.len()).map_err(|_| BootError::TooManyCpus {
+            cpus,
+            max: MAX_CPUS,
+        })?;
 
     let mut table = Vec::with_capacity(usize::from(table_len));
     table.extend_from_slice(b"PCMP");
@@ -120,7 +124,10 @@ fn write_at(mem: &GuestMemoryMmap, base: u64, limit: u64, cpus: u8) -> Result<()
     let bytes = build(base, cpus)?;
     if base + bytes.len() as u64 > limit {
         let fit = (limit.saturating_sub(base) as usize).saturating_sub(size(0)) / CPU_ENTRY_SIZE;
-        return Err(BootError::TooManyCpus { cpus, max: fit.min(usize::from(MAX_CPUS)) as u8 });
+        return Err(BootError::TooManyCpus {
+            cpus,
+            max: fit.min(usize::from(MAX_CPUS)) as u8,
+        });
     }
     mem.write_slice(&bytes, GuestAddress(base))
         .map_err(BootError::write("MP table", base))
@@ -149,7 +156,11 @@ mod tests {
     fn parse(mem: &GuestMemoryMmap) -> (Vec<u8>, Vec<bool>, u8, [usize; 5]) {
         let fp = read(mem, MPTABLE_START, 16);
         assert_eq!(&fp[..4], b"_MP_");
-        assert_eq!(fp.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0, "floating checksum");
+        assert_eq!(
+            fp.iter().fold(0u8, |a, &b| a.wrapping_add(b)),
+            0,
+            "floating checksum"
+        );
         assert_eq!(fp[8], 1);
         assert_eq!(fp[9], 4);
         let table_addr = u64::from(u32::from_le_bytes(fp[4..8].try_into().unwrap()));
@@ -157,8 +168,15 @@ mod tests {
         assert_eq!(&hdr[..4], b"PCMP");
         let len = usize::from(u16::from_le_bytes([hdr[4], hdr[5]]));
         let table = read(mem, table_addr, len);
-        assert_eq!(table.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0, "table checksum");
-        assert_eq!(u32::from_le_bytes(table[36..40].try_into().unwrap()), 0xfee0_0000);
+        assert_eq!(
+            table.iter().fold(0u8, |a, &b| a.wrapping_add(b)),
+            0,
+            "table checksum"
+        );
+        assert_eq!(
+            u32::from_le_bytes(table[36..40].try_into().unwrap()),
+            0xfee0_0000
+        );
         let count = u16::from_le_bytes([table[34], table[35]]);
         let (mut ids, mut bsp, mut ioapic, mut kinds) = (vec![], vec![], 0, [0; 5]);
         let mut off = 44;
@@ -173,7 +191,10 @@ mod tests {
                 }
                 2 => {
                     ioapic = table[off + 1];
-                    assert_eq!(u32::from_le_bytes(table[off + 4..off + 8].try_into().unwrap()), 0xfec0_0000);
+                    assert_eq!(
+                        u32::from_le_bytes(table[off + 4..off + 8].try_into().unwrap()),
+                        0xfec0_0000
+                    );
                     off += 8;
                 }
                 4 => {
@@ -207,12 +228,21 @@ mod tests {
     fn cpu_count_errors() {
         let m = mem();
         assert!(matches!(write(&m, 0), Err(BootError::NoCpus)));
-        assert!(matches!(write(&m, 255), Err(BootError::TooManyCpus { cpus: 255, max: 254 })));
+        assert!(matches!(
+            write(&m, 255),
+            Err(BootError::TooManyCpus {
+                cpus: 255,
+                max: 254
+            })
+        ));
         // Not enough room before the limit.
         let limit = MPTABLE_START + size(4) as u64;
         assert!(write_at(&m, MPTABLE_START, limit, 4).is_ok());
         let e = write_at(&m, MPTABLE_START, limit, 5).unwrap_err();
-        assert!(matches!(e, BootError::TooManyCpus { cpus: 5, max: 4 }), "{e}");
+        assert!(
+            matches!(e, BootError::TooManyCpus { cpus: 5, max: 4 }),
+            "{e}"
+        );
     }
 
     #[test]

@@ -92,7 +92,12 @@ pub fn write(
     }
     for (i, e) in e820.iter().enumerate() {
         let addr = PVH_MEMMAP_START + entry_size * i as u64;
-        let entry = HvmMemmapTableEntry { addr: e.addr, size: e.size, type_: e.kind, reserved: 0 };
+        let entry = HvmMemmapTableEntry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind,
+            reserved: 0,
+        };
         mem.write_obj(entry, GuestAddress(addr))
             .map_err(BootError::write("PVH memory map", addr))?;
     }
@@ -105,7 +110,11 @@ pub fn write(
         ..Default::default()
     };
     if let Some((paddr, size)) = initrd {
-        let m = HvmModlistEntry { paddr, size, ..Default::default() };
+        let m = HvmModlistEntry {
+            paddr,
+            size,
+            ..Default::default()
+        };
         mem.write_obj(m, GuestAddress(PVH_MODLIST_START))
             .map_err(BootError::write("PVH module list", PVH_MODLIST_START))?;
         info.nr_modules = 1;
@@ -126,7 +135,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<HvmStartInfo>(), 56);
         assert_eq!(std::mem::size_of::<HvmModlistEntry>(), 32);
         assert_eq!(std::mem::size_of::<HvmMemmapTableEntry>(), 24);
-        assert!(PVH_INFO_START + 56 <= PVH_MEMMAP_START);
+        const { assert!(PVH_INFO_START + 56 <= PVH_MEMMAP_START) };
     }
 
     #[test]
@@ -159,9 +168,22 @@ mod tests {
     #[test]
     fn map_overflow_and_missing_memory() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let map = vec![E820Entry { addr: 0, size: 1, kind: 1 }; 200];
-        assert!(matches!(write(&mem, 0, None, &map), Err(BootError::MemoryLayout { .. })));
+        let map = vec![
+            E820Entry {
+                addr: 0,
+                size: 1,
+                kind: 1
+            };
+            200
+        ];
+        assert!(matches!(
+            write(&mem, 0, None, &map),
+            Err(BootError::MemoryLayout { .. })
+        ));
         let small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        assert!(matches!(write(&small, 0, None, &[]), Err(BootError::GuestWrite { .. })));
+        assert!(matches!(
+            write(&small, 0, None, &[]),
+            Err(BootError::GuestWrite { .. })
+        ));
     }
 }

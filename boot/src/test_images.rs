@@ -29,7 +29,7 @@ pub fn elf(entry: u64, segs: &[Seg], pvh: Option<u32>) -> Vec<u8> {
     out[54..56].copy_from_slice(&56u16.to_le_bytes());
     out[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
     let mut payload = Vec::new();
-    let mut phdr = |p_type: u32, off: usize, paddr: u64, filesz: u64, memsz: u64| {
+    let phdr = |p_type: u32, off: usize, paddr: u64, filesz: u64, memsz: u64| {
         let mut p = vec![0u8; 56];
         p[0..4].copy_from_slice(&p_type.to_le_bytes());
         p[8..16].copy_from_slice(&(off as u64).to_le_bytes());
@@ -66,7 +66,15 @@ pub fn elf(entry: u64, segs: &[Seg], pvh: Option<u32>) -> Vec<u8> {
 /// A simple valid ELF kernel at 16 MiB: 0x2000 bytes of code, 0x3000 total, entry at start.
 pub fn simple_elf(pvh: Option<u32>) -> Vec<u8> {
     let data: Vec<u8> = (0..0x2000u32).map(|i| (i % 251) as u8).collect();
-    elf(0x100_0000, &[Seg { paddr: 0x100_0000, data, memsz: 0x3000 }], pvh)
+    elf(
+        0x100_0000,
+        &[Seg {
+            paddr: 0x100_0000,
+            data,
+            memsz: 0x3000,
+        }],
+        pvh,
+    )
 }
 
 /// bzImage parameters.
@@ -104,7 +112,11 @@ impl Default for Bz {
 
 /// Builds a bzImage: setup sectors with the header at 0x1f1, then the payload.
 pub fn bzimage(b: &Bz) -> Vec<u8> {
-    let sects = if b.setup_sects == 0 { 4 } else { usize::from(b.setup_sects) };
+    let sects = if b.setup_sects == 0 {
+        4
+    } else {
+        usize::from(b.setup_sects)
+    };
     let setup = (sects + 1) * 512;
     let mut out = vec![0u8; setup];
     let hdr = setup_header {

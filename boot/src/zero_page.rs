@@ -61,7 +61,10 @@ pub fn build(info: &ZeroPageInfo) -> Result<boot_params, BootError> {
     }
     if info.e820.len() > E820_MAX_ENTRIES_ZEROPAGE {
         return Err(BootError::MemoryLayout {
-            detail: format!("{} e820 entries exceed the zero page's {E820_MAX_ENTRIES_ZEROPAGE}", info.e820.len()),
+            detail: format!(
+                "{} e820 entries exceed the zero page's {E820_MAX_ENTRIES_ZEROPAGE}",
+                info.e820.len()
+            ),
         });
     }
     for (slot, e) in p.e820_table.iter_mut().zip(info.e820) {
@@ -104,9 +107,16 @@ mod tests {
             p.hdr.cmd_line_ptr,
             p.hdr.cmdline_size,
         );
-        assert_eq!((flag, magic, loader, cl, cls), (0xaa55, 0x5372_6448, 0xff, 0x20000, 11));
-        let (ri, eri, rs, ers) =
-            (p.hdr.ramdisk_image, p.ext_ramdisk_image, p.hdr.ramdisk_size, p.ext_ramdisk_size);
+        assert_eq!(
+            (flag, magic, loader, cl, cls),
+            (0xaa55, 0x5372_6448, 0xff, 0x20000, 11)
+        );
+        let (ri, eri, rs, ers) = (
+            p.hdr.ramdisk_image,
+            p.ext_ramdisk_image,
+            p.hdr.ramdisk_size,
+            p.ext_ramdisk_size,
+        );
         assert_eq!((ri, eri, rs, ers), (0x2345_6000, 1, 0x100, 1));
         assert_eq!(p.e820_entries, 3);
         let t = p.e820_table[1];
@@ -116,27 +126,74 @@ mod tests {
 
     #[test]
     fn bzimage_header_kept() {
-        let h = setup_header { version: 0x20f, cmdline_size: 255, loadflags: 1, ..Default::default() };
-        let info = ZeroPageInfo { header: Some(h), cmdline_addr: 0x20000, cmdline_len: 3, initrd: None, e820: &[] };
+        let h = setup_header {
+            version: 0x20f,
+            cmdline_size: 255,
+            loadflags: 1,
+            ..Default::default()
+        };
+        let info = ZeroPageInfo {
+            header: Some(h),
+            cmdline_addr: 0x20000,
+            cmdline_len: 3,
+            initrd: None,
+            e820: &[],
+        };
         let p = build(&info).unwrap();
-        let (v, cls, lf, ri) = (p.hdr.version, p.hdr.cmdline_size, p.hdr.loadflags, p.hdr.ramdisk_image);
+        let (v, cls, lf, ri) = (
+            p.hdr.version,
+            p.hdr.cmdline_size,
+            p.hdr.loadflags,
+            p.hdr.ramdisk_image,
+        );
         assert_eq!((v, cls, lf, ri), (0x20f, 255, 1, 0));
     }
 
     #[test]
     fn written_to_memory() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let info = ZeroPageInfo { header: None, cmdline_addr: 0x20000, cmdline_len: 0, initrd: None, e820: &[] };
+        let info = ZeroPageInfo {
+            header: None,
+            cmdline_addr: 0x20000,
+            cmdline_len: 0,
+            initrd: None,
+            e820: &[],
+        };
         assert_eq!(write(&mem, &info).unwrap(), ZERO_PAGE_START);
-        assert_eq!(mem.read_obj::<u16>(GuestAddress(ZERO_PAGE_START + 0x1fe)).unwrap(), 0xaa55);
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(ZERO_PAGE_START + 0x202)).unwrap(), 0x5372_6448);
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(ZERO_PAGE_START + 0x228)).unwrap(), 0x20000);
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress(ZERO_PAGE_START + 0x1fe))
+                .unwrap(),
+            0xaa55
+        );
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(ZERO_PAGE_START + 0x202))
+                .unwrap(),
+            0x5372_6448
+        );
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(ZERO_PAGE_START + 0x228))
+                .unwrap(),
+            0x20000
+        );
     }
 
     #[test]
     fn too_many_e820() {
-        let map = vec![E820Entry { addr: 0, size: 1, kind: 1 }; 129];
-        let info = ZeroPageInfo { header: None, cmdline_addr: 0, cmdline_len: 0, initrd: None, e820: &map };
+        let map = vec![
+            E820Entry {
+                addr: 0,
+                size: 1,
+                kind: 1
+            };
+            129
+        ];
+        let info = ZeroPageInfo {
+            header: None,
+            cmdline_addr: 0,
+            cmdline_len: 0,
+            initrd: None,
+            e820: &map,
+        };
         assert!(matches!(build(&info), Err(BootError::MemoryLayout { .. })));
     }
 }

@@ -96,7 +96,6 @@ void check_cpus(void)
                 check_fail("cpus", "truncated processor entry %u", i);
                 return;
             }
-            kprintf("DBG cpu entry apic=%u ver=%u flags=%u\n", t[off+1], t[off+2], t[off+3]);
             if (t[off + 3] & 1)
                 cpus++;
             off += 20;

@@ -207,7 +207,7 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// Boot protocol choice for ELF kernels.
     pub boot_protocol: BootProtocolConfig,
-    /// Map the boot-timer device (always on in Kiln; kept for config compatibility).
+    /// Report the boot-timer signal on stderr (the device itself is always mapped).
     pub boot_timer: bool,
     /// virtio-blk disks.
     pub disks: Vec<DiskConfig>,
@@ -225,7 +225,7 @@ impl Default for VmConfig {
             memory: MemSize(DEFAULT_MEMORY),
             serial: SerialConfig::Stdio,
             boot_protocol: BootProtocolConfig::Auto,
-            boot_timer: true,
+            boot_timer: false,
             disks: Vec::new(),
             nets: Vec::new(),
         }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod event_loop;
 pub mod exit;
 pub mod host;
+pub mod memstats;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -62,11 +62,13 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let times = vm.timestamps();
+    let mem_stats = vm.mem_stats();
     let result = vm.run();
     let end = devices::legacy::boot_timer::monotonic_ns();
     drop(_raw);
     if let Some(path) = &args.timings {
-        let json = timings_json(&times, end, result.as_ref().ok());
+        let stats = *devices::bus::lock(&mem_stats);
+        let json = timings_json(&times, end, result.as_ref().ok(), stats);
         if let Err(e) = std::fs::write(path, json) {
             log::warn!("cannot write timings to {}: {e}", path.display());
         }
@@ -128,7 +130,12 @@ fn serial_io(cfg: &VmConfig) -> vmm::Result<(SerialIo, Option<terminal::RawMode>
     })
 }
 
-fn timings_json(t: &devices::legacy::BootTimestamps, end: u64, exit: Option<&VmExit>) -> String {
+fn timings_json(
+    t: &devices::legacy::BootTimestamps,
+    end: u64,
+    exit: Option<&VmExit>,
+    mem: Option<vmm::memstats::MemStats>,
+) -> String {
     let us = |f: &std::sync::atomic::AtomicU64| match t.since_start_us(f) {
         Some(v) => v.to_string(),
         None => "null".to_string(),
@@ -136,11 +143,15 @@ fn timings_json(t: &devices::legacy::BootTimestamps, end: u64, exit: Option<&VmE
     let start = t.process_start.load(std::sync::atomic::Ordering::Relaxed);
     format!(
         "{{\"process_start_ns\":{start},\"vmm_ready_us\":{},\"first_kvm_run_us\":{},\
-         \"boot_timer_us\":{},\"exit_us\":{},\"exit\":\"{}\"}}\n",
+         \"boot_timer_us\":{},\"exit_us\":{},\"vmm_rss_kib\":{},\"vmm_pss_kib\":{},\
+         \"guest_rss_kib\":{},\"exit\":\"{}\"}}\n",
         us(&t.vmm_ready),
         us(&t.first_kvm_run),
         us(&t.boot_timer),
         end.saturating_sub(start) / 1000,
+        mem.map_or("null".into(), |m| m.vmm_rss_kib.to_string()),
+        mem.map_or("null".into(), |m| m.vmm_pss_kib.to_string()),
+        mem.map_or("null".into(), |m| m.guest_rss_kib.to_string()),
         exit.map(|e| e.to_string().replace('"', "'").replace('\n', " "))
             .unwrap_or_default()
     )

@@ -145,7 +145,7 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
             Step::Fault(reason, suberror) => {
                 let suberror = suberror.or_else(|| internal_suberror(&mut vcpu));
                 let fault = describe_fault(&vcpu, id, reason, suberror, &ctx);
-                log::error!("{fault}");
+                log::debug!("{fault}");
                 ctx.latch.set(VmExit::GuestFault(fault));
                 break;
             }

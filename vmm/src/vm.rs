@@ -23,6 +23,7 @@ use crate::error::{io, kvm_err, Error, Result};
 use crate::event_loop::{self, ExitSubscriber, Manager};
 use crate::exit::{ExitLatch, VmExit};
 use crate::host;
+use crate::memstats::{self, MemStats};
 use crate::vcpu::{self, VcpuContext};
 
 /// Options for running a VM that depend on the embedding program, not the guest.
@@ -49,6 +50,7 @@ pub struct Vm {
     cmdline: String,
     signals: Option<OwnedFd>,
     pvm_host: bool,
+    mem_stats: Arc<std::sync::Mutex<Option<MemStats>>>,
 }
 
 /// Stops a running VM from another thread.
@@ -142,6 +144,7 @@ impl Vm {
             cmdline,
             signals,
             pvm_host: host::is_pvm_host(),
+            mem_stats: Arc::default(),
         })
     }
 
@@ -158,6 +161,11 @@ impl Vm {
     /// Start-up timestamps (shared; filled in while the VM runs).
     pub fn timestamps(&self) -> Arc<BootTimestamps> {
         self.times.clone()
+    }
+
+    /// Where [`Vm::run`] stores the VMM's memory use, measured when the VM ends.
+    pub fn mem_stats(&self) -> Arc<std::sync::Mutex<Option<MemStats>>> {
+        self.mem_stats.clone()
     }
 
     /// A handle that stops the VM from another thread.
@@ -212,8 +220,31 @@ impl Vm {
             }
         }
         let result = event_loop::run_until_exit(&mut self.em, &self.latch);
+        self.record_mem_stats();
         stop_vcpus(&stop, threads);
         result
+    }
+}
+
+impl Vm {
+    fn record_mem_stats(&self) {
+        let guest: Vec<(u64, u64)> = self
+            .mem
+            .iter()
+            .map(|r| (r.as_ptr() as u64, r.as_ptr() as u64 + r.len()))
+            .collect();
+        match memstats::measure(&guest) {
+            Ok(s) => {
+                log::info!(
+                    "memory: VMM RSS {} KiB, PSS {} KiB (excluding guest RAM); guest RAM resident {} KiB",
+                    s.vmm_rss_kib,
+                    s.vmm_pss_kib,
+                    s.guest_rss_kib
+                );
+                *devices::bus::lock(&self.mem_stats) = Some(s);
+            }
+            Err(e) => log::debug!("cannot read /proc/self/smaps: {e}"),
+        }
     }
 }
 

@@ -2,10 +2,10 @@
 //! before it is set with `KVM_SET_CPUID2`. Leaf layouts: Intel SDM vol. 2A, "CPUID".
 //!
 //! Topology presented: one package, `cpus` cores, one thread per core, APIC id = vCPU index.
-//! - Leaf 1: initial APIC id (EBX[31:24]), CLFLUSH line size 64 bytes (EBX[15:8] = 8),
-//!   addressable logical processors (EBX[23:16] = cpus), HTT (EDX[28]) when cpus > 1,
-//!   hypervisor present (ECX[31]).
-//! - Leaf 4: cores per package (EAX[31:26]) and threads sharing each cache (EAX[25:14]: 1 for
+//! - Leaf 1: initial APIC id (EBX bits 31:24), CLFLUSH line size 64 bytes (EBX bits 15:8 = 8),
+//!   addressable logical processors (EBX bits 23:16 = cpus), HTT (EDX bit 28) when cpus > 1,
+//!   hypervisor present (ECX bit 31).
+//! - Leaf 4: cores per package (EAX bits 31:26) and threads sharing each cache (EAX bits 25:14: 1 for
 //!   L1/L2, all cores for L3).
 //! - Leaves 0xB / 0x1F: SMT level (1 thread, shift 0) and core level (`cpus`, shift
 //!   ceil(log2(cpus))), x2APIC id in EDX.
@@ -36,10 +36,8 @@ fn bits_for(n: u32) -> u32 {
 }
 
 fn fix_leaf1(e: &mut kvm_cpuid_entry2, vcpu_id: u8, cpus: u8) {
-    e.ebx = (e.ebx & 0xff)
-        | (CLFLUSH_SIZE << 8)
-        | (u32::from(cpus) << 16)
-        | (u32::from(vcpu_id) << 24);
+    e.ebx =
+        (e.ebx & 0xff) | (CLFLUSH_SIZE << 8) | (u32::from(cpus) << 16) | (u32::from(vcpu_id) << 24);
     if cpus > 1 {
         e.edx |= EDX_HTT;
     } else {
@@ -127,11 +125,22 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, eax, ebx, ecx, edx, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
     }
 
     fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
-        *c.as_slice().iter().find(|e| e.function == f && e.index == i).unwrap()
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .unwrap()
     }
 
     fn sample() -> CpuId {
@@ -161,7 +170,10 @@ mod tests {
         assert_ne!(l1.edx & EDX_HTT, 0);
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
         let hv = find(&c, HYPERVISOR_LEAF, 0);
-        let sig: Vec<u8> = [hv.ebx, hv.ecx, hv.edx].iter().flat_map(|r| r.to_le_bytes()).collect();
+        let sig: Vec<u8> = [hv.ebx, hv.ecx, hv.edx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
         assert_eq!(&sig, b"KilnKilnKiln");
 
         let mut one = sample();
@@ -171,7 +183,14 @@ mod tests {
 
     #[test]
     fn kvm_signature_kept() {
-        let kvm = leaf(HYPERVISOR_LEAF, 0, 0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d);
+        let kvm = leaf(
+            HYPERVISOR_LEAF,
+            0,
+            0x4000_0001,
+            0x4b4d_564b,
+            0x564b_4d56,
+            0x4d,
+        );
         let mut c = CpuId::from_entries(&[leaf(1, 0, 0, 0, 0, 0), kvm]).unwrap();
         fixup(&mut c, 0, 2);
         assert_eq!(c.as_slice().len(), 2);
@@ -199,6 +218,9 @@ mod tests {
 
     #[test]
     fn bits() {
-        assert_eq!([1, 2, 3, 4, 5, 8, 9, 254].map(bits_for), [0, 1, 2, 2, 3, 3, 4, 8]);
+        assert_eq!(
+            [1, 2, 3, 4, 5, 8, 9, 254].map(bits_for),
+            [0, 1, 2, 2, 3, 3, 4, 8]
+        );
     }
 }

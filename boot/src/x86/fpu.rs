@@ -10,7 +10,11 @@ pub const MXCSR_DEFAULT: u32 = 0x1f80;
 
 /// FPU state for a booting vCPU.
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu { fcw: FCW_DEFAULT, mxcsr: MXCSR_DEFAULT, ..Default::default() }
+    kvm_fpu {
+        fcw: FCW_DEFAULT,
+        mxcsr: MXCSR_DEFAULT,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -45,9 +45,19 @@ pub const fn entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// The boot GDT: 64-bit code segment, or flat 32-bit code segment when `pvh`.
 pub const fn table(pvh: bool) -> [u64; GDT_ENTRIES] {
     if pvh {
-        [0, entry(CODE32_FLAGS, 0, 0xfffff), entry(DATA_FLAGS, 0, 0xfffff), entry(TSS32_FLAGS, 0, 0x67)]
+        [
+            0,
+            entry(CODE32_FLAGS, 0, 0xfffff),
+            entry(DATA_FLAGS, 0, 0xfffff),
+            entry(TSS32_FLAGS, 0, 0x67),
+        ]
     } else {
-        [0, entry(CODE64_FLAGS, 0, 0xfffff), entry(DATA_FLAGS, 0, 0xfffff), entry(TSS64_FLAGS, 0, 0xfffff)]
+        [
+            0,
+            entry(CODE64_FLAGS, 0, 0xfffff),
+            entry(DATA_FLAGS, 0, 0xfffff),
+            entry(TSS64_FLAGS, 0, 0xfffff),
+        ]
     }
 }
 
@@ -58,7 +68,11 @@ pub fn segment(entry: u64, index: u16) -> kvm_segment {
     let present = ((entry >> 47) & 1) as u8;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
-        limit: if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if g == 1 {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: index * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present,
@@ -77,9 +91,11 @@ pub fn segment(entry: u64, index: u16) -> kvm_segment {
 pub fn write(mem: &GuestMemoryMmap, pvh: bool) -> Result<(), BootError> {
     for (i, e) in table(pvh).iter().enumerate() {
         let addr = GDT_START + 8 * i as u64;
-        mem.write_obj(*e, GuestAddress(addr)).map_err(BootError::write("GDT", addr))?;
+        mem.write_obj(*e, GuestAddress(addr))
+            .map_err(BootError::write("GDT", addr))?;
     }
-    mem.write_obj(0u64, GuestAddress(IDT_START)).map_err(BootError::write("IDT", IDT_START))
+    mem.write_obj(0u64, GuestAddress(IDT_START))
+        .map_err(BootError::write("IDT", IDT_START))
 }
 
 #[cfg(test)]
@@ -98,17 +114,26 @@ mod tests {
     fn decodes_segments() {
         let t = table(false);
         let cs = segment(t[1], 1);
-        assert_eq!((cs.selector, cs.type_, cs.l, cs.db, cs.g, cs.present, cs.s), (8, 0xb, 1, 0, 1, 1, 1));
+        assert_eq!(
+            (cs.selector, cs.type_, cs.l, cs.db, cs.g, cs.present, cs.s),
+            (8, 0xb, 1, 0, 1, 1, 1)
+        );
         assert_eq!((cs.base, cs.limit, cs.unusable), (0, 0xffff_ffff, 0));
         let ds = segment(t[2], 2);
-        assert_eq!((ds.selector, ds.type_, ds.l, ds.db, ds.s), (0x10, 3, 0, 1, 1));
+        assert_eq!(
+            (ds.selector, ds.type_, ds.l, ds.db, ds.s),
+            (0x10, 3, 0, 1, 1)
+        );
         let tr = segment(t[3], 3);
         assert_eq!((tr.selector, tr.type_, tr.s), (0x18, 0xb, 0));
         let p = table(true);
         let cs32 = segment(p[1], 1);
         assert_eq!((cs32.l, cs32.db, cs32.limit), (0, 1, 0xffff_ffff));
         let tr32 = segment(p[3], 3);
-        assert_eq!((tr32.limit, tr32.g, tr32.base, tr32.type_), (0x67, 0, 0, 0xb));
+        assert_eq!(
+            (tr32.limit, tr32.g, tr32.base, tr32.type_),
+            (0x67, 0, 0, 0xb)
+        );
         assert_eq!(segment(0, 0).unusable, 1);
         let t2 = segment(entry(0x8093, 0x1234_5678, 0xabcde), 2);
         assert_eq!((t2.base, t2.limit), (0x1234_5678, 0xabcd_efff));
@@ -118,9 +143,15 @@ mod tests {
     fn written() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         write(&mem, false).unwrap();
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(GDT_START + 8)).unwrap(), table(false)[1]);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(GDT_START + 8)).unwrap(),
+            table(false)[1]
+        );
         assert_eq!(mem.read_obj::<u64>(GuestAddress(IDT_START)).unwrap(), 0);
         let none = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x1000)]).unwrap();
-        assert!(matches!(write(&none, true), Err(BootError::GuestWrite { .. })));
+        assert!(matches!(
+            write(&none, true),
+            Err(BootError::GuestWrite { .. })
+        ));
     }
 }

@@ -32,7 +32,11 @@ pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 fn msr(index: u32, data: u64) -> kvm_msr_entry {
-    kvm_msr_entry { index, data, ..Default::default() }
+    kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    }
 }
 
 /// The MSR entries to set with `KVM_SET_MSRS` before the first run.

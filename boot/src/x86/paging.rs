@@ -56,11 +56,22 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let cr3 = write(&mem).unwrap();
         assert_eq!(cr3, PML4_START);
-        for va in [0u64, 0x1000, 0x100_0000, 0x1234_5678, 0xc000_0000, 0xfee0_0000, 0xffff_ffff] {
+        for va in [
+            0u64,
+            0x1000,
+            0x100_0000,
+            0x1234_5678,
+            0xc000_0000,
+            0xfee0_0000,
+            0xffff_ffff,
+        ] {
             assert_eq!(translate(&mem, cr3, va), va);
         }
         // Only the first 4 GiB are mapped.
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(PDPTE_START + 32)).unwrap(), 0);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(PDPTE_START + 32)).unwrap(),
+            0
+        );
     }
 
     #[test]

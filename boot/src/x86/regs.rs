@@ -64,7 +64,11 @@ pub fn boot_sregs(entry: &EntryPoint, base: kvm_sregs) -> kvm_sregs {
         limit: (gdt::GDT_ENTRIES * 8 - 1) as u16,
         ..Default::default()
     };
-    s.idt = kvm_dtable { base: IDT_START, limit: 7, ..Default::default() };
+    s.idt = kvm_dtable {
+        base: IDT_START,
+        limit: 7,
+        ..Default::default()
+    };
     s.cs = gdt::segment(table[1], 1);
     let data = gdt::segment(table[2], 2);
     s.ds = data;
@@ -93,31 +97,59 @@ mod tests {
 
     fn reset_sregs() -> kvm_sregs {
         // What KVM reports after vCPU creation (CR0 = CD | NW | ET).
-        kvm_sregs { cr0: 0x6000_0010, ..Default::default() }
+        kvm_sregs {
+            cr0: 0x6000_0010,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn linux64() {
-        let e = EntryPoint::Linux64 { rip: 0x100_0000, zero_page: 0x7000 };
+        let e = EntryPoint::Linux64 {
+            rip: 0x100_0000,
+            zero_page: 0x7000,
+        };
         let r = boot_regs(&e);
-        assert_eq!((r.rip, r.rsp, r.rbp, r.rsi, r.rflags), (0x100_0000, 0x8ff0, 0x8ff0, 0x7000, 2));
+        assert_eq!(
+            (r.rip, r.rsp, r.rbp, r.rsi, r.rflags),
+            (0x100_0000, 0x8ff0, 0x8ff0, 0x7000, 2)
+        );
         let s = boot_sregs(&e, reset_sregs());
         assert_eq!(s.cr0, X86_CR0_PE | X86_CR0_PG | X86_CR0_ET);
-        assert_eq!((s.cr3, s.cr4 & X86_CR4_PAE, s.efer), (0x9000, X86_CR4_PAE, EFER_LME | EFER_LMA));
+        assert_eq!(
+            (s.cr3, s.cr4 & X86_CR4_PAE, s.efer),
+            (0x9000, X86_CR4_PAE, EFER_LME | EFER_LMA)
+        );
         assert_eq!((s.cs.selector, s.cs.l, s.cs.db), (0x8, 1, 0));
-        assert_eq!((s.ds.selector, s.ss.selector, s.tr.selector), (0x10, 0x10, 0x18));
-        assert_eq!((s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit), (0x500, 31, 0x520, 7));
+        assert_eq!(
+            (s.ds.selector, s.ss.selector, s.tr.selector),
+            (0x10, 0x10, 0x18)
+        );
+        assert_eq!(
+            (s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit),
+            (0x500, 31, 0x520, 7)
+        );
     }
 
     #[test]
     fn pvh() {
-        let e = EntryPoint::Pvh { eip: 0x100_0100, start_info: 0x6000 };
+        let e = EntryPoint::Pvh {
+            eip: 0x100_0100,
+            start_info: 0x6000,
+        };
         let r = boot_regs(&e);
         assert_eq!((r.rip, r.rbx, r.rflags, r.rsi), (0x100_0100, 0x6000, 2, 0));
-        let base = kvm_sregs { cr4: 0x20, efer: 0x500, ..reset_sregs() };
+        let base = kvm_sregs {
+            cr4: 0x20,
+            efer: 0x500,
+            ..reset_sregs()
+        };
         let s = boot_sregs(&e, base);
         assert_eq!((s.cr0, s.cr3, s.cr4, s.efer), (X86_CR0_PE, 0, 0, 0));
-        assert_eq!((s.cs.l, s.cs.db, s.cs.limit, s.cs.base), (0, 1, 0xffff_ffff, 0));
+        assert_eq!(
+            (s.cs.l, s.cs.db, s.cs.limit, s.cs.base),
+            (0, 1, 0xffff_ffff, 0)
+        );
         assert_eq!((s.es.db, s.ss.type_), (1, 3));
         assert_eq!((s.tr.limit, s.tr.base), (0x67, 0));
     }

@@ -288,4 +288,41 @@ pub(crate) mod test_utils {
     pub fn mem() -> Mem {
         Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap())
     }
+
+    /// Writes the chain `descs` = `(addr, len, write)` at table index `start` (linked
+    /// in order) and publishes its head in the available ring.
+    pub fn add_chain(
+        vq: &MockSplitQueue<GuestMemoryMmap<()>>,
+        start: u16,
+        descs: &[(u64, u32, bool)],
+    ) {
+        let n = descs.len();
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, w))| {
+                let mut flags = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if i + 1 < n {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, start + i as u16 + 1))
+            })
+            .collect();
+        vq.add_desc_chains(&raw, start).unwrap();
+    }
+
+    /// Used-ring entry `i` as `(id, len)`.
+    pub fn used(vq: &MockSplitQueue<GuestMemoryMmap<()>>, i: usize) -> (u32, u32) {
+        let e = vq.used().ring().ref_at(i).unwrap().load();
+        (e.id(), e.len())
+    }
+
+    /// The used ring's `idx`.
+    pub fn used_idx(vq: &MockSplitQueue<GuestMemoryMmap<()>>) -> u16 {
+        vq.used().idx().load()
+    }
+
+    pub use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    pub use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    pub use virtio_queue::mock::MockSplitQueue;
 }
