@@ -1,23 +1,104 @@
-//! Attaches the configured virtio-blk and virtio-net devices.
+//! Attaches the configured virtio-blk and virtio-net devices: one virtio-mmio slot and
+//! GSI each, QueueNotify on ioeventfds, interrupts on irqfds, queues on the event loop.
+
+use std::sync::{Arc, Mutex};
 
 use boot::GuestMemoryMmap;
-use kvm_ioctls::VmFd;
+use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::net::tap::Tap;
+use devices::virtio::net::Net;
+use devices::virtio::{MmioTransport, VirtioDevice, VirtioSubscriber};
+use event_manager::SubscriberOps;
+use kvm_ioctls::{IoEventAddress, VmFd};
 
-use crate::config::VmConfig;
+use crate::config::{parse_mac, NetConfig, VmConfig};
 use crate::device_manager::DeviceManager;
-use crate::error::{Error, Result};
+use crate::error::{kvm_err, Error, Result};
 use crate::event_loop::Manager;
 
-/// Attaches every disk and net from `cfg`, in that order.
+/// Attaches every disk and net from `cfg`, disks first, in the order given.
 pub fn attach_all(
     cfg: &VmConfig,
-    _vm: &VmFd,
-    _mem: &std::sync::Arc<GuestMemoryMmap>,
-    _devices: &mut DeviceManager,
-    _em: &mut Manager,
+    vm: &VmFd,
+    mem: &Arc<GuestMemoryMmap>,
+    devices: &mut DeviceManager,
+    em: &mut Manager,
 ) -> Result<()> {
-    if !cfg.disks.is_empty() || !cfg.nets.is_empty() {
-        return Err(Error::Device("virtio devices are not available yet".into()));
+    for disk in &cfg.disks {
+        let dev = Block::new(BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.readonly,
+            id: disk.id.clone(),
+        })
+        .map_err(|e| Error::Device(e.to_string()))?;
+        attach(dev, vm, mem, devices, em)?;
+    }
+    for net in &cfg.nets {
+        let tap = Tap::open(&net.tap).map_err(|e| Error::Device(e.to_string()))?;
+        let dev = Net::new(tap, mac_for(net)).map_err(|e| Error::Device(e.to_string()))?;
+        attach(dev, vm, mem, devices, em)?;
     }
     Ok(())
+}
+
+/// The configured MAC, or a locally administered one derived from the TAP name.
+pub fn mac_for(net: &NetConfig) -> [u8; 6] {
+    if let Some(mac) = net.mac.as_deref().and_then(parse_mac) {
+        return mac;
+    }
+    let h = net
+        .tap
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let b = h.to_be_bytes();
+    [0x02, 0x4b, b[0], b[1], b[2], b[3]]
+}
+
+fn attach<D: VirtioDevice + Send + 'static>(
+    dev: D,
+    vm: &VmFd,
+    mem: &Arc<GuestMemoryMmap>,
+    devices: &mut DeviceManager,
+    em: &mut Manager,
+) -> Result<()> {
+    let (base, gsi) = devices.next_virtio_slot()?;
+    let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
+    let transport = MmioTransport::new(dev, mem.clone(), irq)
+        .map_err(|e| Error::Device(e.to_string()))?;
+    let transport = Arc::new(Mutex::new(transport));
+    {
+        let t = devices::bus::lock(&transport);
+        for (addr, datamatch, evt) in t.ioevents(base) {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+                .map_err(kvm_err("KVM_IOEVENTFD"))?;
+        }
+    }
+    devices
+        .mmio
+        .insert(transport.clone(), base, boot::layout::VIRTIO_MMIO_SIZE)
+        .map_err(|e| Error::Device(e.to_string()))?;
+    em.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber::new(transport))));
+    log::debug!("virtio-mmio device at {base:#x}, GSI {gsi}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_is_stable_and_local() {
+        let n = NetConfig {
+            tap: "kiln0".into(),
+            mac: None,
+        };
+        let m = mac_for(&n);
+        assert_eq!(m, mac_for(&n));
+        assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
+        let n2 = NetConfig {
+            tap: "kiln0".into(),
+            mac: Some("aa:bb:cc:dd:ee:ff".into()),
+        };
+        assert_eq!(mac_for(&n2), [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
+    }
 }

@@ -68,7 +68,10 @@ impl Segments {
         &self,
         offset: u64,
         len: usize,
-        mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), vm_memory::GuestMemoryError>,
+        mut f: impl FnMut(
+            GuestAddress,
+            std::ops::Range<usize>,
+        ) -> Result<(), vm_memory::GuestMemoryError>,
     ) -> Result<(), vm_memory::GuestMemoryError> {
         let end = offset.saturating_add(len as u64);
         if end > self.len {

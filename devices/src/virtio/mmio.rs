@@ -175,7 +175,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn reset(&mut self) {
         if self.activated || self.status != 0 {
-            info!("virtio-mmio: device type {} reset", self.device.device_type());
+            info!(
+                "virtio-mmio: device type {} reset",
+                self.device.device_type()
+            );
         }
         self.device.reset();
         for q in &mut self.queues {
@@ -439,7 +442,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
             self.device.read_config(offset - CONFIG_OFFSET, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || offset & 3 != 0 {
             warn!(
                 "virtio-mmio: {}-byte read at {offset:#x}: registers need aligned 4-byte access",
                 data.len()
@@ -469,10 +472,14 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
             );
             return;
         };
-        if offset % 4 != 0 {
+        if offset & 3 != 0 {
             warn!("virtio-mmio: unaligned register write at {offset:#x}");
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));
     }
 }
+
+#[cfg(test)]
+#[path = "mmio_tests.rs"]
+mod tests;

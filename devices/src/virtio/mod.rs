@@ -227,8 +227,12 @@ pub trait VirtioDevice: Send {
     /// Writes the device configuration space at `offset`.
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Starts the device at DRIVER_OK with validated, ready queues.
-    fn activate(&mut self, mem: Mem, queues: Vec<Queue>, interrupt: Arc<Interrupt>)
-        -> Result<(), Error>;
+    fn activate(
+        &mut self,
+        mem: Mem,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), Error>;
     /// Returns the device to its pre-activation state (drops queues and memory).
     fn reset(&mut self);
     /// Handles a driver notification of queue `index` (only called once activated).

@@ -130,7 +130,10 @@ impl Block {
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 return Err(Error::DiskLocked { path });
             }
-            warn!("virtio-blk: cannot lock {}: {e}; continuing unlocked", path.display());
+            warn!(
+                "virtio-blk: cannot lock {}: {e}; continuing unlocked",
+                path.display()
+            );
         }
         let size = file
             .seek(SeekFrom::End(0))
@@ -138,7 +141,7 @@ impl Block {
                 path: path.clone(),
                 source,
             })?;
-        if size % SECTOR_SIZE != 0 {
+        if size & (SECTOR_SIZE - 1) != 0 {
             warn!(
                 "virtio-blk: {} is {size} bytes, not a multiple of {SECTOR_SIZE}: the last \
                  {} bytes are not visible to the guest",

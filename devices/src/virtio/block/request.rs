@@ -57,7 +57,10 @@ pub(super) fn handle(
     let c = match chain::parse(mem, desc_chain, MAX_REQUEST_BYTES) {
         Ok(c) => c,
         Err(rej) => {
-            warn!("virtio-blk: malformed request (head {}): {}", rej.head, rej.error);
+            warn!(
+                "virtio-blk: malformed request (head {}): {}",
+                rej.head, rej.error
+            );
             return match rej.status_addr {
                 Some(addr) if mem.write_obj(VIRTIO_BLK_S_IOERR, addr).is_ok() => 1,
                 _ => 0,
@@ -65,7 +68,10 @@ pub(super) fn handle(
         }
     };
     let Some(status_off) = c.writable.len().checked_sub(1) else {
-        warn!("virtio-blk: request (head {}) has no status byte; dropped", c.head);
+        warn!(
+            "virtio-blk: request (head {}) has no status byte; dropped",
+            c.head
+        );
         return 0;
     };
     let Outcome(status, written) = execute(disk, mem, &c, status_off);
@@ -78,8 +84,10 @@ pub(super) fn handle(
 
 /// Checks that `[sector, sector + len / 512)` is on the disk; returns the byte offset.
 fn disk_offset(disk: &Disk, sector: u64, len: u64) -> Result<u64, String> {
-    if len % SECTOR_SIZE != 0 {
-        return Err(format!("data length {len} is not a multiple of {SECTOR_SIZE}"));
+    if len & (SECTOR_SIZE - 1) != 0 {
+        return Err(format!(
+            "data length {len} is not a multiple of {SECTOR_SIZE}"
+        ));
     }
     match sector.checked_add(len / SECTOR_SIZE) {
         Some(end) if end <= disk.nsectors => Ok(sector * SECTOR_SIZE),
@@ -147,7 +155,10 @@ fn execute(disk: &mut Disk, mem: &GuestMemoryMmap<()>, c: &Chain, data_len: u64)
             while done < out_len {
                 let n = (out_len - done).min(CHUNK as u64) as usize;
                 disk.buf.resize(n, 0);
-                if let Err(e) = c.readable.read_at(mem, HEADER_LEN + done, &mut disk.buf[..n]) {
+                if let Err(e) = c
+                    .readable
+                    .read_at(mem, HEADER_LEN + done, &mut disk.buf[..n])
+                {
                     return ioerr(e);
                 }
                 if let Err(e) = disk.file.write_all_at(&disk.buf[..n], pos + done) {
@@ -190,8 +201,10 @@ fn execute(disk: &mut Disk, mem: &GuestMemoryMmap<()>, c: &Chain, data_len: u64)
             if disk.read_only {
                 return ioerr("discard / write-zeroes on a read-only disk");
             }
-            if out_len == 0 || out_len % DWZ_SEG_LEN != 0 || out_len / DWZ_SEG_LEN > 1 {
-                return ioerr(format_args!("bad discard / write-zeroes payload of {out_len} bytes"));
+            if out_len == 0 || out_len & (DWZ_SEG_LEN - 1) != 0 || out_len / DWZ_SEG_LEN > 1 {
+                return ioerr(format_args!(
+                    "bad discard / write-zeroes payload of {out_len} bytes"
+                ));
             }
             let mut seg = [0u8; DWZ_SEG_LEN as usize];
             if let Err(e) = c.readable.read_at(mem, HEADER_LEN, &mut seg) {

@@ -11,11 +11,14 @@ const HDR: u64 = 0x10000;
 const DATA: u64 = 0x20000;
 const STATUS: u64 = 0x30000;
 
+type Vq = &'static MockSplitQueue<'static, GuestMemoryMmap<()>>;
+
 struct Rig {
     _file: TempFile,
     blk: Block,
     mem: Mem,
     irq: Arc<CountingIrq>,
+    vq: Vq,
 }
 
 fn image(size: usize) -> TempFile {
@@ -43,7 +46,12 @@ fn rig_with(file: TempFile, mut blk: Block, features: u64) -> Rig {
     let mem = mem();
     let irq = Arc::new(CountingIrq::default());
     blk.ack_features(features & blk.features());
-    let vq = MockSplitQueue::create(&*mem, GuestAddress(0), 16);
+    let leaked: &'static Mem = Box::leak(Box::new(mem.clone()));
+    let vq: Vq = Box::leak(Box::new(MockSplitQueue::create(
+        &**leaked,
+        GuestAddress(0),
+        16,
+    )));
     let mut q: Queue = vq.create_queue().unwrap();
     q.set_event_idx(has(features, VIRTIO_RING_F_EVENT_IDX));
     blk.activate(mem.clone(), vec![q], Arc::new(Interrupt::new(irq.clone())))
@@ -53,14 +61,11 @@ fn rig_with(file: TempFile, mut blk: Block, features: u64) -> Rig {
         blk,
         mem,
         irq,
+        vq,
     }
 }
 
 impl Rig {
-    fn vq(&self) -> MockSplitQueue<'_, GuestMemoryMmap<()>> {
-        MockSplitQueue::create(&*self.mem, GuestAddress(0), 16)
-    }
-
     fn header(&self, t: u32, sector: u64) {
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&t.to_le_bytes());
@@ -71,13 +76,17 @@ impl Rig {
 
     /// Submits `descs` at table index `start`, processes, returns (status, used len).
     fn run(&mut self, start: u16, descs: &[(u64, u32, bool)]) -> (u8, u32) {
-        let vq = self.vq();
-        let before = used_idx(&vq);
-        add_chain(&vq, start, descs);
+        let vq = self.vq;
+        let before = used_idx(vq);
+        add_chain(vq, start, descs);
         self.blk.process_queue(0);
-        let vq = self.vq();
-        assert_eq!(used_idx(&vq), before.wrapping_add(1), "request not completed");
-        let (id, len) = used(&vq, usize::from(before % 16));
+        let vq = self.vq;
+        assert_eq!(
+            used_idx(vq),
+            before.wrapping_add(1),
+            "request not completed"
+        );
+        let (id, len) = used(vq, usize::from(before % 16));
         assert_eq!(id, u32::from(start));
         (self.mem.read_obj(GuestAddress(STATUS)).unwrap(), len)
     }
@@ -107,7 +116,9 @@ fn read_write_roundtrip() {
     assert_eq!(r.req(VIRTIO_BLK_T_OUT, 7, 512, false), (VIRTIO_BLK_S_OK, 1));
     r.mem.write_slice(&[0; 512], GuestAddress(DATA)).unwrap();
     assert_eq!(r.req(VIRTIO_BLK_T_IN, 7, 512, true).0, VIRTIO_BLK_S_OK);
-    r.mem.read_slice(&mut buf[..512], GuestAddress(DATA)).unwrap();
+    r.mem
+        .read_slice(&mut buf[..512], GuestAddress(DATA))
+        .unwrap();
     assert!(buf[..512].iter().all(|&b| b == 0xab));
     assert_eq!(r.req(VIRTIO_BLK_T_FLUSH, 0, 0, false), (VIRTIO_BLK_S_OK, 1));
     // One interrupt per processing pass.
@@ -133,7 +144,10 @@ fn write_through_without_flush_and_any_layout() {
 #[test]
 fn get_id_and_default_id() {
     let mut r = rig(false, 512, 0);
-    assert_eq!(r.req(VIRTIO_BLK_T_GET_ID, 0, 20, true), (VIRTIO_BLK_S_OK, 21));
+    assert_eq!(
+        r.req(VIRTIO_BLK_T_GET_ID, 0, 20, true),
+        (VIRTIO_BLK_S_OK, 21)
+    );
     let mut id = [0u8; 20];
     r.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
     assert_eq!(&id[..9], b"disk-one\0");
@@ -166,10 +180,16 @@ fn read_only_and_range_and_unsupported() {
     assert_eq!(r.req(VIRTIO_BLK_T_OUT, 0, 512, false).0, VIRTIO_BLK_S_IOERR);
     assert_eq!(r.req(VIRTIO_BLK_T_IN, 3, 512, true).0, VIRTIO_BLK_S_OK);
     assert_eq!(r.req(VIRTIO_BLK_T_IN, 3, 1024, true).0, VIRTIO_BLK_S_IOERR);
-    assert_eq!(r.req(VIRTIO_BLK_T_IN, u64::MAX, 512, true).0, VIRTIO_BLK_S_IOERR);
+    assert_eq!(
+        r.req(VIRTIO_BLK_T_IN, u64::MAX, 512, true).0,
+        VIRTIO_BLK_S_IOERR
+    );
     assert_eq!(r.req(VIRTIO_BLK_T_IN, 0, 100, true).0, VIRTIO_BLK_S_IOERR);
     assert_eq!(r.req(99, 0, 0, false).0, VIRTIO_BLK_S_UNSUPP);
-    assert_eq!(r.req(VIRTIO_BLK_T_DISCARD, 0, 16, false).0, VIRTIO_BLK_S_UNSUPP);
+    assert_eq!(
+        r.req(VIRTIO_BLK_T_DISCARD, 0, 16, false).0,
+        VIRTIO_BLK_S_UNSUPP
+    );
 }
 
 #[test]
@@ -183,19 +203,39 @@ fn write_zeroes_and_discard() {
         b[12..16].copy_from_slice(&flags.to_le_bytes());
         b
     };
-    r.mem.write_slice(&seg(8, 16, 0), GuestAddress(DATA)).unwrap();
-    assert_eq!(r.req(VIRTIO_BLK_T_WRITE_ZEROES, 0, 16, false).0, VIRTIO_BLK_S_OK);
+    r.mem
+        .write_slice(&seg(8, 16, 0), GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(
+        r.req(VIRTIO_BLK_T_WRITE_ZEROES, 0, 16, false).0,
+        VIRTIO_BLK_S_OK
+    );
     let mut back = vec![0u8; 16 * 512];
     r._file.as_file().read_exact_at(&mut back, 8 * 512).unwrap();
     assert!(back.iter().all(|&b| b == 0));
     let mut other = [0u8; 1];
-    r._file.as_file().read_exact_at(&mut other, 24 * 512).unwrap();
+    r._file
+        .as_file()
+        .read_exact_at(&mut other, 24 * 512)
+        .unwrap();
     assert_eq!(other[0], 24);
-    r.mem.write_slice(&seg(60, 8, 0), GuestAddress(DATA)).unwrap();
-    assert_eq!(r.req(VIRTIO_BLK_T_DISCARD, 0, 16, false).0, VIRTIO_BLK_S_IOERR);
-    r.mem.write_slice(&seg(0, 8, 1), GuestAddress(DATA)).unwrap();
-    assert_eq!(r.req(VIRTIO_BLK_T_DISCARD, 0, 16, false).0, VIRTIO_BLK_S_UNSUPP);
-    r.mem.write_slice(&seg(0, 8, 0), GuestAddress(DATA)).unwrap();
+    r.mem
+        .write_slice(&seg(60, 8, 0), GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(
+        r.req(VIRTIO_BLK_T_DISCARD, 0, 16, false).0,
+        VIRTIO_BLK_S_IOERR
+    );
+    r.mem
+        .write_slice(&seg(0, 8, 1), GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(
+        r.req(VIRTIO_BLK_T_DISCARD, 0, 16, false).0,
+        VIRTIO_BLK_S_UNSUPP
+    );
+    r.mem
+        .write_slice(&seg(0, 8, 0), GuestAddress(DATA))
+        .unwrap();
     assert_eq!(r.req(VIRTIO_BLK_T_DISCARD, 0, 16, false).0, VIRTIO_BLK_S_OK);
     assert_eq!(r._file.as_file().metadata().unwrap().len(), 64 * 512);
 }
@@ -204,33 +244,83 @@ fn write_zeroes_and_discard() {
 fn malformed_chains() {
     let mut r = rig(false, 64 * 512, 0);
     // Wrong direction: IN with a device-readable data buffer.
-    assert_eq!(r.req(VIRTIO_BLK_T_IN, 0, 512, false), (VIRTIO_BLK_S_IOERR, 1));
+    assert_eq!(
+        r.req(VIRTIO_BLK_T_IN, 0, 512, false),
+        (VIRTIO_BLK_S_IOERR, 1)
+    );
     // OUT with a device-writable data buffer.
-    assert_eq!(r.req(VIRTIO_BLK_T_OUT, 0, 512, true), (VIRTIO_BLK_S_IOERR, 1));
+    assert_eq!(
+        r.req(VIRTIO_BLK_T_OUT, 0, 512, true),
+        (VIRTIO_BLK_S_IOERR, 1)
+    );
     // Header too short.
     r.header(VIRTIO_BLK_T_IN, 0);
-    assert_eq!(r.run(0, &[(HDR, 8, false), (STATUS, 1, true)]), (VIRTIO_BLK_S_IOERR, 1));
+    assert_eq!(
+        r.run(0, &[(HDR, 8, false), (STATUS, 1, true)]),
+        (VIRTIO_BLK_S_IOERR, 1)
+    );
     // Status descriptor read-only: nothing can be written.
     r.header(VIRTIO_BLK_T_FLUSH, 0);
     assert_eq!(r.run(0, &[(HDR, 16, false), (STATUS, 1, false)]), (0xff, 0));
     // Data outside guest memory.
     r.header(VIRTIO_BLK_T_IN, 0);
-    let s = r.run(0, &[(HDR, 16, false), (0x2000_0000, 512, true), (STATUS, 1, true)]);
+    let s = r.run(
+        0,
+        &[
+            (HDR, 16, false),
+            (0x2000_0000, 512, true),
+            (STATUS, 1, true),
+        ],
+    );
     assert_eq!(s, (VIRTIO_BLK_S_IOERR, 1));
     // Huge length crossing the end of memory.
-    let s = r.run(0, &[(HDR, 16, false), (DATA, u32::MAX, true), (STATUS, 1, true)]);
+    r.header(VIRTIO_BLK_T_IN, 0);
+    let s = r.run(
+        0,
+        &[
+            (HDR, 16, false),
+            (DATA, u32::MAX - 64, true),
+            (STATUS, 1, true),
+        ],
+    );
     assert_eq!(s, (VIRTIO_BLK_S_IOERR, 1));
+    // A chain over 4 GiB is cut short by the iterator: no status can be trusted.
+    r.header(VIRTIO_BLK_T_IN, 0);
+    let s = r.run(
+        0,
+        &[(HDR, 16, false), (DATA, u32::MAX, true), (STATUS, 1, true)],
+    );
+    assert_eq!(s, (0xff, 0));
     // Zero-length descriptors are skipped.
     r.header(VIRTIO_BLK_T_IN, 1);
-    let s = r.run(0, &[(HDR, 16, false), (DATA, 0, true), (DATA, 512, true), (STATUS, 1, true)]);
+    let s = r.run(
+        0,
+        &[
+            (HDR, 16, false),
+            (DATA, 0, true),
+            (DATA, 512, true),
+            (STATUS, 1, true),
+        ],
+    );
     assert_eq!(s, (VIRTIO_BLK_S_OK, 513));
     // Readable after writable.
     r.header(VIRTIO_BLK_T_IN, 0);
-    let s = r.run(0, &[(HDR, 16, false), (DATA, 512, true), (HDR, 16, false), (STATUS, 1, true)]);
+    let s = r.run(
+        0,
+        &[
+            (HDR, 16, false),
+            (DATA, 512, true),
+            (HDR, 16, false),
+            (STATUS, 1, true),
+        ],
+    );
     assert_eq!(s, (VIRTIO_BLK_S_IOERR, 1));
     // Status byte outside memory.
     r.header(VIRTIO_BLK_T_FLUSH, 0);
-    assert_eq!(r.run(0, &[(HDR, 16, false), (0x2000_0000, 1, true)]), (0xff, 0));
+    assert_eq!(
+        r.run(0, &[(HDR, 16, false), (0x2000_0000, 1, true)]),
+        (0xff, 0)
+    );
     // Header-only chain (no status byte).
     assert_eq!(r.run(0, &[(HDR, 16, false)]), (0xff, 0));
     // Everything still works.
@@ -240,11 +330,16 @@ fn malformed_chains() {
 #[test]
 fn descriptor_loop_and_bad_head() {
     let mut r = rig(false, 8 * 512, 0);
-    let vq = r.vq();
+    let vq = r.vq;
     r.header(VIRTIO_BLK_T_IN, 0);
     // 0 -> 1 -> 0 -> ...
     let d0 = SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1);
-    let d1 = SplitDescriptor::new(DATA, 512, (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16, 0);
+    let d1 = SplitDescriptor::new(
+        DATA,
+        512,
+        (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16,
+        0,
+    );
     vq.desc_table().store(0, RawDescriptor::from(d0)).unwrap();
     vq.desc_table().store(1, RawDescriptor::from(d1)).unwrap();
     vq.avail().ring().ref_at(0).unwrap().store(0);
@@ -252,30 +347,34 @@ fn descriptor_loop_and_bad_head() {
     vq.avail().ring().ref_at(1).unwrap().store(200);
     vq.avail().idx().store(2);
     r.blk.process_queue(0);
-    let vq = r.vq();
-    assert_eq!(used_idx(&vq), 1, "loop answered, bad head dropped");
-    assert_eq!(used(&vq, 0).0, 0);
+    let vq = r.vq;
+    assert_eq!(used_idx(vq), 1, "loop answered, bad head dropped");
+    assert_eq!(used(vq, 0).0, 0);
     // Link out of the table.
     let d = SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 999);
     vq.desc_table().store(3, RawDescriptor::from(d)).unwrap();
     vq.avail().ring().ref_at(2).unwrap().store(3);
     vq.avail().idx().store(3);
     r.blk.process_queue(0);
-    assert_eq!(used_idx(&r.vq()), 2);
-    assert_eq!(used(&r.vq(), 1), (3, 0));
+    assert_eq!(used_idx(r.vq), 2);
+    assert_eq!(used(r.vq, 1), (3, 0));
     assert_eq!(r.req(VIRTIO_BLK_T_IN, 0, 512, true).0, VIRTIO_BLK_S_OK);
 }
 
 #[test]
 fn event_idx_one_interrupt_per_pass() {
     let mut r = rig(false, 8 * 512, VIRTIO_RING_F_EVENT_IDX);
-    let vq = r.vq();
+    let vq = r.vq;
     r.header(VIRTIO_BLK_T_FLUSH, 0);
     for i in 0..3u16 {
-        add_chain(&vq, i * 2, &[(HDR, 16, false), (STATUS + u64::from(i), 1, true)]);
+        add_chain(
+            vq,
+            i * 2,
+            &[(HDR, 16, false), (STATUS + u64::from(i), 1, true)],
+        );
     }
     r.blk.process_queue(0);
-    assert_eq!(used_idx(&r.vq()), 3);
+    assert_eq!(used_idx(r.vq), 3);
     assert_eq!(r.irq.count(), 1);
 }
 
@@ -289,7 +388,10 @@ fn open_errors_and_lock() {
     .err()
     .unwrap();
     let msg = e.to_string();
-    assert!(msg.contains("/nonexistent/disk.img") && msg.contains("check the path"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/disk.img") && msg.contains("check the path"),
+        "{msg}"
+    );
 
     let f = image(4096);
     let cfg = BlockConfig {
@@ -298,12 +400,18 @@ fn open_errors_and_lock() {
         id: None,
     };
     let first = Block::new(cfg.clone()).unwrap();
-    assert!(matches!(Block::new(cfg.clone()), Err(Error::DiskLocked { .. })));
+    assert!(matches!(
+        Block::new(cfg.clone()),
+        Err(Error::DiskLocked { .. })
+    ));
     let ro = BlockConfig {
         read_only: true,
         ..cfg.clone()
     };
-    assert!(matches!(Block::new(ro.clone()), Err(Error::DiskLocked { .. })));
+    assert!(matches!(
+        Block::new(ro.clone()),
+        Err(Error::DiskLocked { .. })
+    ));
     drop(first);
     let a = Block::new(ro.clone()).unwrap();
     let _b = Block::new(ro).unwrap();
@@ -329,7 +437,15 @@ mod prop {
     }
 
     fn len() -> impl Strategy<Value = u32> {
-        prop_oneof![Just(0u32), Just(1), Just(16), Just(512), Just(u32::MAX), any::<u32>(), 0u32..4096]
+        prop_oneof![
+            Just(0u32),
+            Just(1),
+            Just(16),
+            Just(512),
+            Just(u32::MAX),
+            any::<u32>(),
+            0u32..4096
+        ]
     }
 
     proptest! {
@@ -343,7 +459,7 @@ mod prop {
         ) {
             let mut r = rig(false, 8 * 512, u64::MAX);
             r.header(rtype, sector);
-            let vq = r.vq();
+            let vq = r.vq;
             for (i, &(a, l, f, n)) in descs.iter().enumerate() {
                 let d = SplitDescriptor::new(a, l, f, n);
                 vq.desc_table().store(i as u16, RawDescriptor::from(d)).unwrap();
@@ -353,11 +469,7 @@ mod prop {
             }
             vq.avail().idx().store(heads.len() as u16);
             r.blk.process_queue(0);
-            prop_assert!(used_idx(&r.vq()) <= heads.len() as u16);
-            // The device still answers a good request afterwards.
-            let vq = r.vq();
-            let start = used_idx(&vq);
-            let _ = start;
+            prop_assert!(used_idx(r.vq) <= heads.len() as u16);
         }
     }
 }

@@ -159,8 +159,7 @@ impl<B: NetBackend> Net<B> {
                 };
                 if !avail {
                     // Out of buffers: ask for a notification, re-checking for a race.
-                    if q.event_idx_enabled() && matches!(q.enable_notification(&*mem), Ok(true))
-                    {
+                    if q.event_idx_enabled() && matches!(q.enable_notification(&*mem), Ok(true)) {
                         continue;
                     }
                     self.rx_wanted = false;
@@ -361,9 +360,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
                     flags |= TUN_F_TSO6;
                 }
             }
-            self.backend
-                .set_offload(flags)
-                .map_err(|e| Error::Activate(format!("virtio-net: TUNSETOFFLOAD {flags:#x}: {e}")))?;
+            self.backend.set_offload(flags).map_err(|e| {
+                Error::Activate(format!("virtio-net: TUNSETOFFLOAD {flags:#x}: {e}"))
+            })?;
         }
         self.active = Some(Active {
             mem,

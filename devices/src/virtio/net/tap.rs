@@ -117,7 +117,11 @@ impl Tap {
         }
         log::info!(
             "tap {name}: {} (offloads {})",
-            if created { "created" } else { "attached to existing interface" },
+            if created {
+                "created"
+            } else {
+                "attached to existing interface"
+            },
             if offloads { "available" } else { "unavailable" }
         );
         Ok(Self {
@@ -200,5 +204,30 @@ mod tests {
         ));
         drop(t);
         assert!(!Path::new("/sys/class/net").join(name).exists());
+    }
+
+    #[test]
+    fn existing_persistent_tap_is_reused() {
+        let name = "kilntst1";
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if !Path::new("/dev/net/tun").exists()
+            || !ip(&["tuntap", "add", "dev", name, "mode", "tap"])
+        {
+            eprintln!("SKIP existing_persistent_tap_is_reused: no /dev/net/tun or `ip tuntap`");
+            return;
+        }
+        let tap = Tap::open(name);
+        let ok = matches!(&tap, Ok(t) if !t.created() && t.name() == name);
+        drop(tap);
+        let still_there = Path::new("/sys/class/net").join(name).exists();
+        ip(&["tuntap", "del", "dev", name, "mode", "tap"]);
+        assert!(ok, "persistent TAP not attached");
+        assert!(still_there, "persistent TAP removed at close");
     }
 }
