@@ -33,6 +33,9 @@ pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 pub const EBDA_START: u64 = 0x9fc00;
 /// The MP table lives at the start of the EBDA.
 pub const MPTABLE_START: u64 = EBDA_START;
+/// ACPI RSDP, 16-byte aligned in the BIOS area Linux scans (0xe0000..0x100000); the other
+/// ACPI tables follow it, all below `HIMEM_START` (a few KiB even for 254 vCPUs).
+pub const ACPI_RSDP_START: u64 = 0xe_0000;
 /// Start of high memory, where kernels are loaded.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap below 4 GiB.

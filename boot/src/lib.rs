@@ -1,11 +1,12 @@
 //! Loading a Linux kernel (ELF vmlinux, bzImage, PVH) into guest memory and preparing
 //! the x86-64 boot state: zero page / PVH start info, e820, MP table, page tables and
-//! initial vCPU registers.
+//! initial vCPU registers, and minimal ACPI tables.
 //!
 //! [`load`] does the memory side; [`x86`] builds the register state (kvm-bindings types
 //! only: this crate never opens `/dev/kvm`). Specs: Documentation/arch/x86/boot.rst (Linux
 //! boot protocol), Xen's pvh doc (PVH), Intel MultiProcessor Specification 1.4 (MP table).
 
+pub mod acpi;
 pub mod cmdline;
 pub mod e820;
 mod error;
@@ -30,7 +31,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 pub use error::BootError;
 pub use loader::KernelFormat;
 
-use layout::{ram_regions, CMDLINE_START, GDT_START, MPTABLE_START, PDE_START};
+use layout::{ram_regions, ACPI_RSDP_START, CMDLINE_START, GDT_START, MPTABLE_START, PDE_START};
 
 /// Guest memory as the VMM creates it (regions from [`layout::ram_regions`]).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -155,7 +156,8 @@ fn check_overlaps(items: &[(&'static str, u64, u64)]) -> Result<(), BootError> {
 }
 
 /// Loads kernel (+ initrd, cmdline) into `mem`, writes zero page or PVH start info, e820,
-/// MP table (for `cpus`), GDT and identity page tables. Everything bounds-checked.
+/// MP table and ACPI tables (for `cpus`), GDT and identity page tables. Everything
+/// bounds-checked.
 pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootError> {
     if cfg.cpus == 0 {
         return Err(BootError::NoCpus);
@@ -204,6 +206,11 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
             CMDLINE_START + cfg.cmdline.len() as u64 + 1,
         ),
         ("MP table", MPTABLE_START, mp_end),
+        (
+            "ACPI tables",
+            ACPI_RSDP_START,
+            ACPI_RSDP_START + acpi::size(cfg.cpus) as u64,
+        ),
         ("kernel", k.start, k.reserved_end),
     ];
     if let Some((a, s)) = initrd {
@@ -212,12 +219,13 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
     check_overlaps(&items)?;
 
     mptable::write(mem, cfg.cpus)?;
+    let rsdp = acpi::write(mem, cfg.cpus)?;
     x86::gdt::write(mem, pvh_entry.is_some())?;
     x86::paging::write(mem)?;
     let entry = match pvh_entry {
         Some(eip) => EntryPoint::Pvh {
             eip,
-            start_info: pvh::write(mem, cmdline_addr, initrd, &e820)?,
+            start_info: pvh::write(mem, cmdline_addr, initrd, &e820, rsdp)?,
         },
         None => {
             let info = zero_page::ZeroPageInfo {
@@ -226,6 +234,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootInfo, BootErr
                 cmdline_len: cfg.cmdline.len(),
                 initrd,
                 e820: &e820,
+                acpi_rsdp: rsdp,
             };
             EntryPoint::Linux64 {
                 rip: k.entry64,

@@ -76,12 +76,14 @@ unsafe impl ByteValued for HvmMemmapTableEntry {}
 
 /// Writes the start info (at `PVH_INFO_START`), the memory map (at `PVH_MEMMAP_START`) and,
 /// with an initrd `(addr, size)`, a one-entry module list (at `PVH_MODLIST_START`).
-/// Returns the start-info address, to be passed in EBX.
+/// `rsdp` is the ACPI RSDP address (0: none). Returns the start-info address, to be
+/// passed in EBX.
 pub fn write(
     mem: &GuestMemoryMmap,
     cmdline_addr: u64,
     initrd: Option<(u64, u64)>,
     e820: &[E820Entry],
+    rsdp: u64,
 ) -> Result<u64, BootError> {
     let entry_size = std::mem::size_of::<HvmMemmapTableEntry>() as u64;
     let map_end = PVH_MEMMAP_START + entry_size * e820.len() as u64;
@@ -105,6 +107,7 @@ pub fn write(
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: 1,
         cmdline_paddr: cmdline_addr,
+        rsdp_paddr: rsdp,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: e820.len() as u32,
         ..Default::default()
@@ -142,14 +145,14 @@ mod tests {
     fn writes_all() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let map = e820::build(128 << 20).unwrap();
-        let at = write(&mem, 0x20000, Some((0x700_0000, 0x1234)), &map).unwrap();
+        let at = write(&mem, 0x20000, Some((0x700_0000, 0x1234)), &map, 0xe0000).unwrap();
         let info: HvmStartInfo = mem.read_obj(GuestAddress(at)).unwrap();
         assert_eq!(info.magic, 0x336e_c578);
         assert_eq!(info.version, 1);
         assert_eq!(info.nr_modules, 1);
         assert_eq!(info.modlist_paddr, PVH_MODLIST_START);
         assert_eq!(info.cmdline_paddr, 0x20000);
-        assert_eq!(info.rsdp_paddr, 0);
+        assert_eq!(info.rsdp_paddr, 0xe0000);
         assert_eq!(info.memmap_entries, 3);
         let m: HvmModlistEntry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((m.paddr, m.size), (0x700_0000, 0x1234));
@@ -160,7 +163,7 @@ mod tests {
     #[test]
     fn no_initrd_no_modules() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        write(&mem, 0x20000, None, &[]).unwrap();
+        write(&mem, 0x20000, None, &[], 0).unwrap();
         let info: HvmStartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
     }
@@ -177,12 +180,12 @@ mod tests {
             200
         ];
         assert!(matches!(
-            write(&mem, 0, None, &map),
+            write(&mem, 0, None, &map, 0),
             Err(BootError::MemoryLayout { .. })
         ));
         let small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         assert!(matches!(
-            write(&small, 0, None, &[]),
+            write(&small, 0, None, &[], 0),
             Err(BootError::GuestWrite { .. })
         ));
     }

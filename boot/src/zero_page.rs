@@ -35,6 +35,8 @@ pub struct ZeroPageInfo<'a> {
     pub initrd: Option<(u64, u64)>,
     /// Memory map.
     pub e820: &'a [E820Entry],
+    /// ACPI RSDP address (0: none), `boot_params.acpi_rsdp_addr` (boot protocol 2.14).
+    pub acpi_rsdp: u64,
 }
 
 /// Builds `boot_params` (see the module docs).
@@ -73,6 +75,7 @@ pub fn build(info: &ZeroPageInfo) -> Result<boot_params, BootError> {
         slot.r#type = e.kind;
     }
     p.e820_entries = info.e820.len() as u8;
+    p.acpi_rsdp_addr = info.acpi_rsdp;
     Ok(p)
 }
 
@@ -98,6 +101,7 @@ mod tests {
             cmdline_len: 10,
             initrd: Some((0x1_2345_6000, 0x1_0000_0100)),
             e820: &map,
+            acpi_rsdp: 0,
         };
         let p = build(&info).unwrap();
         let (flag, magic, loader, cl, cls) = (
@@ -138,6 +142,7 @@ mod tests {
             cmdline_len: 3,
             initrd: None,
             e820: &[],
+            acpi_rsdp: 0,
         };
         let p = build(&info).unwrap();
         let (v, cls, lf, ri) = (
@@ -158,8 +163,14 @@ mod tests {
             cmdline_len: 0,
             initrd: None,
             e820: &[],
+            acpi_rsdp: 0xe0000,
         };
         assert_eq!(write(&mem, &info).unwrap(), ZERO_PAGE_START);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(ZERO_PAGE_START + 0x70))
+                .unwrap(),
+            0xe0000
+        );
         assert_eq!(
             mem.read_obj::<u16>(GuestAddress(ZERO_PAGE_START + 0x1fe))
                 .unwrap(),
@@ -193,6 +204,7 @@ mod tests {
             cmdline_len: 0,
             initrd: None,
             e820: &map,
+            acpi_rsdp: 0,
         };
         assert!(matches!(build(&info), Err(BootError::MemoryLayout { .. })));
     }

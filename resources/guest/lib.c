@@ -185,6 +185,21 @@ void check_fail(const char *name, const char *fmt, ...)
     serial_putc('\n');
 }
 
+const char *check_name(const char *prefix, const char *suffix)
+{
+    static char bufs[4][48];
+    static unsigned next;
+    char *b = bufs[next++ % 4];
+    size_t n = 0;
+    for (const char *p = prefix; *p && n < 46; p++)
+        b[n++] = *p;
+    b[n++] = '_';
+    for (const char *p = suffix; *p && n < 47; p++)
+        b[n++] = *p;
+    b[n] = 0;
+    return b;
+}
+
 void check_eq_u64(const char *name, u64 expected, u64 got)
 {
     if (expected == got)

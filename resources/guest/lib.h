@@ -27,6 +27,8 @@ void check_ok(const char *name);
 void check_fail(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Pass iff cond; on failure the detail is "expected <exp> got <got>" (decimal). */
 void check_eq_u64(const char *name, u64 expected, u64 got);
+/* "<prefix>_<suffix>" in one of a few rotating static buffers (names up to 47 chars). */
+const char *check_name(const char *prefix, const char *suffix);
 extern unsigned checks_ok, checks_failed;
 
 /* Parse an unsigned decimal number (or 0x-prefixed hex); false on junk/overflow. */

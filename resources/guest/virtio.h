@@ -77,6 +77,8 @@ struct vbuf {
     bool write;
 };
 
+/* Number of "virtio_mmio.device=" tokens on the command line. */
+unsigned virtio_count(void);
 /*
  * Locate the n-th (0-based) "virtio_mmio.device=<size>@<addr>:<irq>" token. Returns false
  * when there are fewer tokens; reports "<name>_init FAIL" for a malformed one.
@@ -87,7 +89,7 @@ bool virtio_find(unsigned n, struct vdev *dev, const char *name);
  * FEATURES_OK. Reports "<name>_init FAIL ..." and returns false on any problem.
  */
 bool virtio_init(struct vdev *dev, u32 device_id, u64 wanted);
-/* Set up queue `index` (size min(VQ_MAX_SIZE, QueueNumMax)) with static memory slot `slot`. */
+/* Set up queue `index` (size: VQ_MAX_SIZE or the largest power of two <= QueueNumMax). */
 bool virtio_setup_queue(struct vdev *dev, u16 index, struct virtq *q);
 /* Set DRIVER_OK: reports "<name>_init ok" or FAIL (device needs reset / failed). */
 bool virtio_driver_ok(struct vdev *dev);

@@ -1,6 +1,7 @@
 //! Kiln's VMM: configuration, KVM VM and vCPUs, devices on an event loop, and the
 //! pieces the `kiln` binary and test harnesses are built from.
 
+pub mod bench;
 pub mod config;
 pub mod device_manager;
 pub mod error;

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Run(args) => run(&args, start),
+        Command::Bench(args) => vmm::bench::run(&args),
     }
 }
 

@@ -88,7 +88,8 @@ impl BusDevice for I8042 {
         let Some(b) = data.first_mut() else { return };
         *b = match offset {
             OFS_DATA => self.output.take().unwrap_or(0),
-            OFS_CMD => self.status | u8::from(self.output.is_some()) * SR_OUTPUT_FULL,
+            OFS_CMD if self.output.is_some() => self.status | SR_OUTPUT_FULL,
+            OFS_CMD => self.status,
             _ => 0xff,
         };
     }

@@ -168,6 +168,9 @@ mod tests {
     fn passes_start_time() {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "test -n \"$KILN_START_NS\""]);
-        assert_eq!(run_timed(&mut cmd, Duration::from_secs(10)).unwrap().code, Some(0));
+        assert_eq!(
+            run_timed(&mut cmd, Duration::from_secs(10)).unwrap().code,
+            Some(0)
+        );
     }
 }

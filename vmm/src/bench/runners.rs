@@ -259,14 +259,19 @@ mod tests {
         let b = run_batch(&exec(&["true"]), 5, 2, &dir, Duration::from_secs(10));
         assert_eq!(b.samples.len(), 5);
         assert_eq!(b.concurrency, 2);
-        assert!(b.samples.iter().enumerate().all(|(i, s)| s.index == i && s.ok));
+        assert!(b
+            .samples
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.index == i && s.ok));
         assert!(b.per_second() > 0.0);
     }
 
     #[test]
     fn failures_are_samples() {
         let dir = std::env::temp_dir();
-        let s = exec(&["sh", "-c", "echo boom >&2; exit 3"]).run_once(0, &dir, Duration::from_secs(10));
+        let s =
+            exec(&["sh", "-c", "echo boom >&2; exit 3"]).run_once(0, &dir, Duration::from_secs(10));
         assert!(!s.ok);
         assert_eq!(s.exit_code, Some(3));
         assert_eq!(s.error.as_deref(), Some("exit code 3: boom"));

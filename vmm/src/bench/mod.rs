@@ -1,0 +1,478 @@
+//! `kiln bench`: VM start-up against containers and plain processes.
+//!
+//! Boots the same VM `--runs` times as child `kiln run` processes (one at a time, then
+//! `--concurrency` at a time), reads each run's `--timings` JSON (process start → VMM
+//! ready → first `KVM_RUN` → boot-timer write → exit, VMM RSS/PSS) and times every
+//! exec→exit from the parent's clock. Next to it: `runc run` of a busybox OCI bundle, a
+//! plain fork/exec and any `--other` command. Prints a table; writes JSON and SVG.
+//! This module is the `kiln bench` command itself, so it writes its table to stdout
+//! and its progress to stderr.
+
+pub mod plot;
+pub mod proc;
+pub mod report;
+pub mod runners;
+pub mod stats;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use report::{BatchReport, TargetCheck};
+use runners::{run_batch, Runner, Workload};
+
+/// Where `kiln bench` looks for the test guest, relative to the repository.
+pub const DEFAULT_KERNEL: &str = "resources/out/guest/kiln-test-guest.elf";
+/// Where `resources/bench/setup-container.sh` puts the OCI bundle.
+pub const DEFAULT_BUNDLE: &str = "resources/out/bench/bundle";
+
+/// `kiln bench` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Guest kernel [default: resources/out/guest/kiln-test-guest.elf in the repository].
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0")]
+    pub cmdline: String,
+    /// Guest memory, e.g. 128M [default: kiln run's].
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<String>,
+    /// Runs per runner and mode.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Also run a batch this many at a time and report runs per second (when > 1).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Untimed runs per runner first (warm caches; a failing warm-up skips the runner).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Kill a run after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Write all raw samples and summaries as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG chart here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Skip the Kiln VM runner.
+    #[arg(long)]
+    pub no_vm: bool,
+    /// Skip the runc container runner.
+    #[arg(long)]
+    pub no_container: bool,
+    /// Skip the fork/exec baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// OCI bundle for runc [default: resources/out/bench/bundle in the repository; make it
+    /// with resources/bench/setup-container.sh].
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    pub runc: PathBuf,
+    /// Another command to time exec→exit, split on whitespace (repeatable), e.g.
+    /// "qemu-system-x86_64 -M microvm ...".
+    #[arg(long = "other")]
+    pub other: Vec<String>,
+}
+
+fn parse_memory(s: &str) -> Result<String, crate::config::ConfigError> {
+    crate::config::parse_size(s).map(|_| s.to_string())
+}
+
+/// Why `kiln bench` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The kiln binary's own path is unknown.
+    #[error("cannot find the kiln binary: {0}")]
+    CurrentExe(#[source] std::io::Error),
+    /// `--json` could not be serialised.
+    #[error("cannot encode the JSON report: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The guest kernel does not exist.
+    #[error(
+        "guest kernel {0} not found: build the test guest with `bash resources/build-guest.sh` \
+         (from the repository root) or pass --kernel"
+    )]
+    KernelMissing(PathBuf),
+    /// `--other` was empty.
+    #[error("--other needs a command")]
+    OtherEmpty,
+    /// `--runs 0`.
+    #[error("--runs must be at least 1")]
+    NoRuns,
+    /// The scratch directory could not be made.
+    #[error("cannot create scratch directory {path}: {source}")]
+    Scratch {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An output file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// `rel` under the current directory, one of its ancestors or an ancestor of the kiln
+/// binary (e.g. `<repo>/target/release/kiln` → `<repo>`), if it exists there.
+pub fn find_in_repo(rel: &str) -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    let roots = cwd.iter().chain(exe.iter()).flat_map(|p| p.ancestors());
+    roots.map(|r| r.join(rel)).find(|p| p.exists())
+}
+
+/// Finds `name` on `PATH` (or checks it when it contains a `/`).
+fn which(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Bench settings recorded in the JSON.
+#[derive(Debug, Clone, Serialize)]
+struct Settings {
+    runs: usize,
+    concurrency: usize,
+    warmup: usize,
+    timeout_s: u64,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    memory: Option<String>,
+}
+
+/// Host facts recorded in the JSON.
+#[derive(Debug, Clone, Serialize)]
+struct HostFacts {
+    cpus: usize,
+    kernel_release: String,
+    pvm: bool,
+    kiln_check: String,
+}
+
+impl HostFacts {
+    fn probe() -> Self {
+        HostFacts {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            pvm: crate::host::is_pvm_host(),
+            kiln_check: crate::host::check_report().unwrap_or_else(|e| format!("error: {e}")),
+        }
+    }
+}
+
+/// The `--json` document.
+#[derive(Debug, Clone, Serialize)]
+struct BenchReport {
+    tool: &'static str,
+    version: &'static str,
+    host: HostFacts,
+    settings: Settings,
+    runners: Vec<Runner>,
+    batches: Vec<BatchReport>,
+    targets: Vec<TargetCheck>,
+    notes: Vec<String>,
+}
+
+fn progress(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "kiln bench: {msg}");
+}
+
+/// The Kiln VM runner, or why not.
+fn vm_runner(args: &BenchArgs, exe: &Path) -> Result<(Runner, PathBuf), BenchError> {
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => find_in_repo(DEFAULT_KERNEL).unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL)),
+    };
+    if !kernel.is_file() {
+        return Err(BenchError::KernelMissing(kernel));
+    }
+    let mut a = vec!["--kernel".to_string(), kernel.display().to_string()];
+    if let Some(i) = &args.initrd {
+        a.extend(["--initrd".to_string(), i.display().to_string()]);
+    }
+    a.extend(["--cmdline".to_string(), args.cmdline.clone()]);
+    if let Some(m) = &args.memory {
+        a.extend(["--memory".to_string(), m.clone()]);
+    }
+    let workload = Workload::Kiln {
+        exe: exe.to_path_buf(),
+        args: a,
+    };
+    let name = "kiln VM".to_string();
+    Ok((Runner { name, workload }, kernel))
+}
+
+/// The other runners; `notes` collects the skipped ones.
+fn other_runners(args: &BenchArgs, notes: &mut Vec<String>) -> Result<Vec<Runner>, BenchError> {
+    let mut out = Vec::new();
+    let bundle = args.bundle.clone().or_else(|| find_in_repo(DEFAULT_BUNDLE));
+    if !args.no_container {
+        let runc = which(&args.runc);
+        let have_bundle = bundle
+            .as_ref()
+            .is_some_and(|b| b.join("config.json").is_file());
+        match (runc, &bundle) {
+            (Some(runc), Some(b)) if have_bundle => out.push(Runner {
+                name: "runc container".into(),
+                workload: Workload::Runc {
+                    runc,
+                    bundle: b.clone(),
+                },
+            }),
+            (None, _) => notes.push(format!(
+                "container runner skipped: {} not found; install it with \
+                 `bash resources/bench/setup-container.sh` (Debian: apt-get install runc)",
+                args.runc.display()
+            )),
+            _ => notes.push(format!(
+                "container runner skipped: no OCI bundle at {}; make it with \
+                 `bash resources/bench/setup-container.sh` or pass --bundle",
+                bundle.as_ref().map_or(DEFAULT_BUNDLE.into(), |b| b.display().to_string())
+            )),
+        }
+    }
+    if !args.no_baseline {
+        let bb = bundle
+            .map(|b| b.join("rootfs/bin/busybox"))
+            .filter(|p| p.is_file());
+        let (name, argv) = match bb {
+            Some(bb) => (
+                "fork/exec busybox echo",
+                vec![bb.display().to_string(), "echo".into(), "hi".into()],
+            ),
+            None => ("fork/exec /bin/true", vec!["/bin/true".to_string()]),
+        };
+        out.push(Runner {
+            name: name.into(),
+            workload: Workload::Exec { argv },
+        });
+    }
+    for cmd in &args.other {
+        let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+        let Some(first) = argv.first() else {
+            return Err(BenchError::OtherEmpty);
+        };
+        let prog = Path::new(first)
+            .file_name()
+            .map_or(first.clone(), |n| n.to_string_lossy().into());
+        out.push(Runner {
+            name: format!("other: {prog}"),
+            workload: Workload::Exec { argv },
+        });
+    }
+    Ok(out)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
+    std::fs::write(path, text).map_err(|source| BenchError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs warm-ups and timed batches for every runner.
+fn measure(
+    args: &BenchArgs,
+    runners: &[Runner],
+    scratch: &Path,
+    notes: &mut Vec<String>,
+) -> Vec<BatchReport> {
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let mut usable = Vec::new();
+    for r in runners {
+        let failed = (0..args.warmup)
+            .map(|i| r.run_once(usize::MAX - i, scratch, timeout))
+            .find(|s| !s.ok);
+        match failed {
+            Some(s) => {
+                let why = s.error.unwrap_or_else(|| "failed".into());
+                notes.push(format!("{} skipped: warm-up run failed: {why}", r.name));
+            }
+            None => usable.push(r),
+        }
+    }
+    let mut reports = Vec::new();
+    let mut modes = vec![1];
+    if args.concurrency > 1 {
+        modes.push(args.concurrency);
+    }
+    for c in modes {
+        for r in &usable {
+            progress(&format!("{}: {} runs, {c} at a time", r.name, args.runs));
+            let b = run_batch(r, args.runs, c, scratch, timeout);
+            reports.push(BatchReport::new(b));
+        }
+    }
+    reports
+}
+
+fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
+    if args.runs == 0 {
+        return Err(BenchError::NoRuns);
+    }
+    let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
+    let mut notes = Vec::new();
+    let mut runners = Vec::new();
+    let mut kernel = None;
+    if !args.no_vm {
+        let (r, k) = vm_runner(args, &exe)?;
+        runners.push(r);
+        kernel = Some(k);
+    }
+    runners.extend(other_runners(args, &mut notes)?);
+    let scratch = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|source| BenchError::Scratch {
+        path: scratch.clone(),
+        source,
+    })?;
+    let batches = measure(args, &runners, &scratch, &mut notes);
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let vm_seq = batches
+        .iter()
+        .find(|b| b.batch.runner == "kiln VM" && b.batch.concurrency == 1);
+    let targets = vm_seq.map(report::check_targets).unwrap_or_default();
+    if crate::host::is_pvm_host() {
+        notes.push(
+            "PVM host: a non-PVM guest runs in the host's instruction emulator, so the \
+             guest-side phases (first KVM_RUN → exit) are emulator-bound"
+                .into(),
+        );
+    }
+    let _ = write!(
+        std::io::stdout(),
+        "{}",
+        report::table(&batches, &targets, &notes)
+    );
+
+    let vm_ok = args.no_vm || vm_seq.is_some_and(|b| b.ok > 0);
+    if let Some(path) = &args.plot {
+        let title = format!("kiln bench: {} runs per runner", args.runs);
+        write_file(path, &plot::svg(&title, &batches))?;
+    }
+    if let Some(path) = &args.json {
+        let doc = BenchReport {
+            tool: "kiln bench",
+            version: env!("CARGO_PKG_VERSION"),
+            host: HostFacts::probe(),
+            settings: Settings {
+                runs: args.runs,
+                concurrency: args.concurrency,
+                warmup: args.warmup,
+                timeout_s: args.timeout,
+                kernel,
+                initrd: args.initrd.clone(),
+                cmdline: args.cmdline.clone(),
+                memory: args.memory.clone(),
+            },
+            runners,
+            batches,
+            targets,
+            notes,
+        };
+        write_file(path, &serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(vm_ok)
+}
+
+/// Runs `kiln bench`: exit 0 when the VM runner produced results (or was skipped).
+pub fn run(args: &BenchArgs) -> ExitCode {
+    match bench(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            progress("error: no VM run succeeded");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            progress(&format!("error: {e}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        b: BenchArgs,
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let t = T::try_parse_from(["t"]).unwrap();
+        assert_eq!((t.b.runs, t.b.concurrency, t.b.warmup), (20, 1, 1));
+        assert_eq!(t.b.cmdline, "console=ttyS0");
+        let t = T::try_parse_from([
+            "t",
+            "--runs",
+            "5",
+            "--memory",
+            "64M",
+            "--other",
+            "a b",
+            "--other",
+            "c",
+            "--no-container",
+        ])
+        .unwrap();
+        assert_eq!(t.b.other, ["a b", "c"]);
+        assert!(t.b.no_container);
+        assert!(T::try_parse_from(["t", "--memory", "lots"]).is_err());
+    }
+
+    #[test]
+    fn missing_kernel_is_explained() {
+        let t = T::try_parse_from(["t", "--kernel", "/nonexistent/k.elf"]).unwrap();
+        let e = vm_runner(&t.b, Path::new("/x")).unwrap_err();
+        assert!(e.to_string().contains("build-guest.sh"));
+    }
+
+    #[test]
+    fn skipped_runners_leave_notes() {
+        let t = T::try_parse_from([
+            "t",
+            "--runc",
+            "/nonexistent/runc",
+            "--bundle",
+            "/nonexistent",
+        ])
+        .unwrap();
+        let mut notes = Vec::new();
+        let r = other_runners(&t.b, &mut notes).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "fork/exec /bin/true");
+        assert!(notes[0].contains("setup-container.sh"));
+        let t =
+            T::try_parse_from(["t", "--no-container", "--no-baseline", "--other", " "]).unwrap();
+        assert!(matches!(
+            other_runners(&t.b, &mut notes),
+            Err(BenchError::OtherEmpty)
+        ));
+    }
+}
