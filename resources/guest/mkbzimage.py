@@ -44,6 +44,9 @@ def load_segment(elf):
 
 
 def build(payload, memsz):
+    # Pad the payload to whole 16-byte paragraphs, as Linux's build tool does, so the
+    # file is as long as syssize says.
+    payload = payload + bytes(-len(payload) % 16)
     if payload[KERNEL_INFO_OFFSET : KERNEL_INFO_OFFSET + 4] != b"LToP":
         fail("kernel_info not found at payload offset 0x1c0")
     setup = bytearray((SETUP_SECTS + 1) * 512)

@@ -40,7 +40,7 @@
 
 #define INT_USED_BUFFER 1
 
-#define DEFAULT_SPIN 5000000
+#define DEFAULT_SPIN 2000000
 #define IRQ_SPIN 100000
 #define MAX_QUEUES 4
 

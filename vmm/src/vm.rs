@@ -95,8 +95,11 @@ impl Vm {
                 });
             }
         }
-        let fd = create_vm(&kvm)?;
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        // Memory slots first: on some hosts (PVM) adding a slot after the irqchip exists
+        // waits for an SRCU grace period (milliseconds); before, it takes microseconds.
         let mem = Arc::new(create_memory(&fd, mem_size)?);
+        setup_vm(&fd)?;
         let latch = Arc::new(ExitLatch::new().map_err(io("creating exit eventfd"))?);
         let mut em = Manager::new().map_err(|e| Error::EventLoop(format!("{e:?}")))?;
         let mut devices = DeviceManager::new()?;
@@ -263,8 +266,8 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<std::thread::JoinHandle<()>>) {
     }
 }
 
-fn create_vm(kvm: &Kvm) -> Result<VmFd> {
-    let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+/// TSS and identity-map addresses, in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
+fn setup_vm(fd: &VmFd) -> Result<()> {
     fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
@@ -275,7 +278,7 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
         ..Default::default()
     };
     fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-    Ok(fd)
+    Ok(())
 }
 
 /// Creates guest memory laid out by [`layout::ram_regions`] and registers it with KVM.

@@ -94,6 +94,12 @@ fn distribution_panel(out: &mut String, batches: &[&BatchReport], top: f64) -> f
     let y0 = top + 15.0;
     let bottom = y0 + ROW * batches.len() as f64;
     axis.draw(out, y0, bottom, "ms");
+    let mut names: Vec<&str> = Vec::new();
+    for b in batches {
+        if !names.contains(&b.batch.runner.as_str()) {
+            names.push(&b.batch.runner);
+        }
+    }
     for (i, b) in batches.iter().enumerate() {
         let yc = y0 + ROW * (i as f64 + 0.5);
         let label = format!("{} ×{}", b.batch.runner, b.batch.concurrency);
@@ -107,7 +113,9 @@ fn distribution_panel(out: &mut String, batches: &[&BatchReport], top: f64) -> f
         let Some(s) = b.metric("wall_us") else {
             continue;
         };
-        let c = COLORS[i % COLORS.len()];
+        // One colour per runner, so its one-at-a-time and concurrent rows match.
+        let nth = names.iter().position(|n| *n == b.batch.runner).unwrap_or(i);
+        let c = COLORS[nth % COLORS.len()];
         let (x0, x1) = (axis.x(s.min / 1e3), axis.x(s.max / 1e3));
         let (b0, b1) = (axis.x(s.p25 / 1e3), axis.x(s.p75 / 1e3));
         let xm = axis.x(s.median / 1e3);
