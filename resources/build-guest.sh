@@ -13,11 +13,15 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 SRC="$HERE/guest"
 PRINT=0
-if [ "${1:-}" = "--print" ]; then
-    PRINT=1
-    shift
-fi
-OUTDIR=${1:-$REPO/resources/out/guest}
+OUTDIR=
+for arg in "$@"; do
+    case "$arg" in
+    --print) PRINT=1 ;;
+    -*) echo "build-guest.sh: unknown option $arg" >&2; exit 2 ;;
+    *) OUTDIR=$arg ;;
+    esac
+done
+OUTDIR=${OUTDIR:-$REPO/resources/out/guest}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 ELF="$OUTDIR/kiln-test-guest.elf"

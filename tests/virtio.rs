@@ -1,0 +1,292 @@
+//! virtio-blk and virtio-net end to end: the test guest drives Kiln's devices through
+//! their registers and split rings over real KVM exits (ioeventfds, irqfds); the host
+//! side checks the disk files and plays the network peer on a TAP.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use vmm::config::{DiskConfig, NetConfig};
+
+const SECTORS: u64 = 64;
+
+/// Byte `i` of sector `s` as the host prepares it.
+fn host_byte(s: u64, i: u64) -> u8 {
+    ((s * 31 + i * 7 + 1) & 0xff) as u8
+}
+
+/// Byte `i` of sector `s` as the guest writes it (sectors 4 and 5).
+fn guest_byte(s: u64, i: u64) -> u8 {
+    ((s * 13 + i * 3 + 0x5a) & 0xff) as u8
+}
+
+fn make_disk(path: &Path) {
+    let data: Vec<u8> = (0..SECTORS)
+        .flat_map(|s| (0..512).map(move |i| host_byte(s, i)))
+        .collect();
+    std::fs::write(path, data).unwrap();
+}
+
+fn assert_disk(path: &Path, guest_wrote: bool) {
+    let data = std::fs::read(path).unwrap();
+    assert_eq!(data.len() as u64, SECTORS * 512, "disk size changed");
+    for s in 0..SECTORS {
+        for i in 0..512 {
+            let want = match guest_wrote && (4..6).contains(&s) {
+                true => guest_byte(s, i),
+                false => host_byte(s, i),
+            };
+            let got = data[(s * 512 + i) as usize];
+            assert_eq!(got, want, "{}: sector {s} byte {i}", path.display());
+        }
+    }
+}
+
+fn blk_cmdline() -> String {
+    format!("console=ttyS0 kiln.mode=blk kiln.blk_sectors={SECTORS} kiln.blk_id=kilndisk0")
+}
+
+fn disk(path: &Path, readonly: bool, id: Option<&str>) -> DiskConfig {
+    DiskConfig {
+        path: path.to_path_buf(),
+        readonly,
+        id: id.map(String::from),
+    }
+}
+
+fn assert_guest_ok(serial: &[String]) {
+    let fails: Vec<&String> = serial.iter().filter(|l| l.contains(" FAIL")).collect();
+    assert!(fails.is_empty(), "guest checks failed: {fails:#?}\n{serial:#?}");
+    assert!(
+        serial.iter().any(|l| l.starts_with("KILN-GUEST done ok=") && l.ends_with(" fail=0")),
+        "{serial:#?}"
+    );
+}
+
+#[test]
+fn block_read_write_flush_id_and_readonly() {
+    let d = temp_dir("blk");
+    let (rw, ro) = (d.join("rw.img"), d.join("ro.img"));
+    make_disk(&rw);
+    make_disk(&ro);
+    let out = vm(&guest().elf)
+        .cmdline(blk_cmdline())
+        .disk(disk(&rw, false, Some("kilndisk0")))
+        .disk(disk(&ro, true, None))
+        .spawn()
+        .unwrap()
+        .wait(VM_TIMEOUT)
+        .unwrap();
+    assert_eq!(out.code, Some(0), "{}\n{:#?}", out.log, out.serial);
+    assert_guest_ok(&out.serial);
+    for name in ["blk_read", "blk_write", "blk_flush", "blk_readback", "blk_id", "blk_eof"] {
+        let line = format!("KILN-CHECK {name} ok");
+        assert!(out.serial.contains(&line), "missing '{line}': {:#?}", out.serial);
+    }
+    for name in ["blk_ro_feature", "blk_ro_write", "blk_ro_read", "blk_irq"] {
+        let line = format!("KILN-CHECK {name} ok");
+        assert!(out.serial.contains(&line), "missing '{line}': {:#?}", out.serial);
+    }
+    assert_disk(&rw, true);
+    assert_disk(&ro, false);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn flushed_writes_survive_sigkill() {
+    let d = temp_dir("blk-kill");
+    let rw = d.join("rw.img");
+    make_disk(&rw);
+    let mut vm = vm(&guest().elf)
+        .cmdline(blk_cmdline())
+        .disk(disk(&rw, false, Some("kilndisk0")))
+        .spawn()
+        .unwrap();
+    vm.wait_for("^KILN-CHECK blk_flush ok$", VM_TIMEOUT).unwrap();
+    // Dropping the RunningVm SIGKILLs a child that is still running.
+    drop(vm);
+    assert_disk(&rw, true);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn disk_errors_leave_nothing_behind() {
+    let d = temp_dir("blk-err");
+    let missing = d.join("missing.img");
+    let out = Command::new(kiln_bin())
+        .args(["run", "--kernel", guest().elf.to_str().unwrap(), "--serial", "none"])
+        .arg("--disk")
+        .arg(format!("path={}", missing.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    assert!(!missing.exists(), "kiln created the missing disk");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Whether TAP tests can run here (root with /dev/net/tun and iproute2).
+fn tap_capable() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = root
+        && Path::new("/dev/net/tun").exists()
+        && Command::new("ip").arg("-V").output().is_ok();
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run as root with /dev/net/tun and iproute2"
+        );
+        eprintln!("skipped: needs root, /dev/net/tun and the ip command");
+    }
+    ok
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// A persistent TAP, up, without IPv6 chatter; deleted on drop.
+struct TestTap(String);
+
+impl TestTap {
+    fn new(tag: &str) -> Self {
+        let name = format!("kt{}{tag}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["link", "del", &name]).status();
+        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        ip(&["link", "set", &name, "up"]);
+        Self(name)
+    }
+}
+
+impl Drop for TestTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+const ETHERTYPE: u16 = 0x88b5;
+
+/// Echoes every frame of our ethertype seen on `ifname` back with the MACs swapped,
+/// until `stop` is set. Returns how many frames it echoed.
+fn echo_peer(ifname: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let ifname = std::ffi::CString::new(ifname).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: plain socket/bind/setsockopt/recv/send calls on an fd we own, with
+        // buffers and sockaddr structs that outlive each call.
+        unsafe {
+            let proto = ETHERTYPE.to_be();
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
+            let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            assert_eq!(libc::bind(fd, &sll as *const _ as *const libc::sockaddr, len), 0);
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            let mut n = 0;
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                let mut from: libc::sockaddr_ll = std::mem::zeroed();
+                let mut flen = len;
+                let r = libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                    &mut from as *mut _ as *mut libc::sockaddr,
+                    &mut flen,
+                );
+                // Only frames the guest sent (outgoing from the host's view are ours).
+                if r < 14 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                    continue;
+                }
+                let frame = &mut buf[..r as usize];
+                let (dst, src) = frame.split_at_mut(6);
+                dst.swap_with_slice(&mut src[..6]);
+                libc::send(fd, frame.as_ptr() as *const libc::c_void, frame.len(), 0);
+                n += 1;
+            }
+            libc::close(fd);
+            n
+        }
+    })
+}
+
+#[test]
+fn net_frames_round_trip_through_a_tap() {
+    if !tap_capable() {
+        return;
+    }
+    let tap = TestTap::new("n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = echo_peer(&tap.0, stop.clone());
+    let mac = "02:4b:00:00:00:07";
+    let out = vm(&guest().elf)
+        .cmdline(format!("console=ttyS0 kiln.mode=net kiln.mac={mac} kiln.net_frames=8"))
+        .net(NetConfig {
+            tap: tap.0.clone(),
+            mac: Some(mac.into()),
+        })
+        .spawn()
+        .unwrap()
+        .wait(VM_TIMEOUT)
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let echoed = peer.join().unwrap();
+    assert_eq!(out.code, Some(0), "{}\n{:#?}", out.log, out.serial);
+    assert_guest_ok(&out.serial);
+    for name in ["net_mac", "net_tx", "net_rx"] {
+        let line = format!("KILN-CHECK {name} ok");
+        assert!(out.serial.contains(&line), "missing '{line}': {:#?}", out.serial);
+    }
+    assert!(echoed >= 8, "peer echoed {echoed} frames");
+    // The TAP existed before Kiln: Kiln must leave it in place.
+    assert!(Path::new(&format!("/sys/class/net/{}", tap.0)).exists());
+}
+
+#[test]
+fn tap_created_by_kiln_is_removed_on_exit_and_on_error() {
+    if !tap_capable() {
+        return;
+    }
+    let name = format!("kc{}", std::process::id() % 100_000);
+    let sys = PathBuf::from(format!("/sys/class/net/{name}"));
+    let mut vm = vm(&guest().elf)
+        .cmdline("console=ttyS0 kiln.mode=spin")
+        .net(NetConfig {
+            tap: name.clone(),
+            mac: None,
+        })
+        .spawn()
+        .unwrap();
+    vm.wait_for("KILN-GUEST spinning", VM_TIMEOUT).unwrap();
+    assert!(sys.exists(), "Kiln did not create TAP {name}");
+    let out = vm.stop(Duration::from_secs(10)).unwrap();
+    assert_eq!(out.code, Some(143));
+    assert!(!sys.exists(), "TAP {name} left behind after exit");
+    // A later device fails to attach (the same TAP twice): the first TAP goes too.
+    let out = Command::new(kiln_bin())
+        .args(["run", "--kernel", guest().elf.to_str().unwrap(), "--serial", "none"])
+        .args(["--net", &format!("tap={name}"), "--net", &format!("tap={name}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!sys.exists(), "TAP {name} left behind after an error");
+}
