@@ -214,7 +214,7 @@ fn echo_peer(ifname: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usi
                     &mut flen,
                 );
                 // Only frames the guest sent (outgoing from the host's view are ours).
-                if r < 14 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                if r < 14 || from.sll_pkttype == libc::PACKET_OUTGOING {
                     continue;
                 }
                 let frame = &mut buf[..r as usize];

@@ -40,8 +40,8 @@
 
 #define INT_USED_BUFFER 1
 
-#define DEFAULT_SPIN 2000000
-#define IRQ_SPIN 100000
+#define DEFAULT_SPIN 500000
+#define IRQ_SPIN 20000
 #define MAX_QUEUES 4
 
 /* Static ring memory: one page per queue (desc at 0, avail at 0x400, used at 0x800). */
@@ -51,8 +51,9 @@ struct vq_page {
     struct virtq_avail avail;
     u8 pad1[0x400 - sizeof(struct virtq_avail)];
     struct virtq_used used;
-};
-static struct vq_page vq_pages[MAX_QUEUES] __attribute__((aligned(4096)));
+} __attribute__((aligned(4096)));
+_Static_assert(sizeof(struct vq_page) == 4096, "one page per queue");
+static struct vq_page vq_pages[MAX_QUEUES];
 static unsigned vq_pages_used;
 
 static u32 rd(struct vdev *d, u32 off) { return mmio_read32(d->base + off); }

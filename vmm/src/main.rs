@@ -144,11 +144,12 @@ fn timings_json(
     let start = t.process_start.load(std::sync::atomic::Ordering::Relaxed);
     format!(
         "{{\"process_start_ns\":{start},\"vmm_ready_us\":{},\"first_kvm_run_us\":{},\
-         \"boot_timer_us\":{},\"exit_us\":{},\"vmm_rss_kib\":{},\"vmm_pss_kib\":{},\
+         \"boot_timer_us\":{},\"vm_stopped_us\":{},\"exit_us\":{},\"vmm_rss_kib\":{},\"vmm_pss_kib\":{},\
          \"guest_rss_kib\":{},\"exit\":\"{}\"}}\n",
         us(&t.vmm_ready),
         us(&t.first_kvm_run),
         us(&t.boot_timer),
+        us(&t.vm_stopped),
         end.saturating_sub(start) / 1000,
         mem.map_or("null".into(), |m| m.vmm_rss_kib.to_string()),
         mem.map_or("null".into(), |m| m.vmm_pss_kib.to_string()),

@@ -223,6 +223,7 @@ impl Vm {
             }
         }
         let result = event_loop::run_until_exit(&mut self.em, &self.latch);
+        BootTimestamps::mark(&self.times.vm_stopped);
         self.record_mem_stats();
         stop_vcpus(&stop, threads);
         result

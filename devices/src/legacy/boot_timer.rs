@@ -34,6 +34,8 @@ pub struct BootTimestamps {
     pub first_kvm_run: AtomicU64,
     /// When the guest wrote the boot-timer byte.
     pub boot_timer: AtomicU64,
+    /// When the VM stopped (guest exit seen), before vCPU and KVM teardown.
+    pub vm_stopped: AtomicU64,
 }
 
 impl BootTimestamps {

@@ -249,7 +249,9 @@ fn other_runners(args: &BenchArgs, notes: &mut Vec<String>) -> Result<Vec<Runner
             _ => notes.push(format!(
                 "container runner skipped: no OCI bundle at {}; make it with \
                  `bash resources/bench/setup-container.sh` or pass --bundle",
-                bundle.as_ref().map_or(DEFAULT_BUNDLE.into(), |b| b.display().to_string())
+                bundle
+                    .as_ref()
+                    .map_or(DEFAULT_BUNDLE.into(), |b| b.display().to_string())
             )),
         }
     }

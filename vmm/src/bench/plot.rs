@@ -14,11 +14,12 @@ const COLORS: [&str; 6] = [
 ];
 
 /// VM phases as (metric key, legend label), stacked in this order.
-const PHASES: [(&str, &str); 5] = [
+const PHASES: [(&str, &str); 6] = [
     ("vmm_ready_us", "exec → VMM ready"),
     ("ready_to_run_us", "VMM ready → first KVM_RUN"),
     ("run_to_timer_us", "first KVM_RUN → boot timer"),
-    ("timer_to_exit_us", "boot timer → VMM done"),
+    ("timer_to_stop_us", "boot timer → VM stopped"),
+    ("stop_to_exit_us", "VM stopped → VMM done (teardown)"),
     ("teardown_us", "VMM done → reaped"),
 ];
 

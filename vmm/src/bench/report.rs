@@ -91,10 +91,16 @@ const VM_METRICS: &[(&str, &str, Unit, Extract)] = &[
         |_, t| diff(t.first_kvm_run_us, t.boot_timer_us),
     ),
     (
-        "timer_to_exit_us",
-        "  boot timer → VMM done",
+        "timer_to_stop_us",
+        "  boot timer → VM stopped",
         Unit::Us,
-        |_, t| diff(t.boot_timer_us, t.exit_us),
+        |_, t| diff(t.boot_timer_us, t.vm_stopped_us),
+    ),
+    (
+        "stop_to_exit_us",
+        "  VM stopped → VMM done (KVM teardown)",
+        Unit::Us,
+        |_, t| diff(t.vm_stopped_us, t.exit_us),
     ),
     (
         "teardown_us",

@@ -23,6 +23,8 @@ pub struct VmTimings {
     pub first_kvm_run_us: Option<u64>,
     /// The guest wrote the boot-timer byte.
     pub boot_timer_us: Option<u64>,
+    /// The VM stopped (before vCPU and KVM teardown).
+    pub vm_stopped_us: Option<u64>,
     /// The VMM finished running the VM.
     pub exit_us: Option<u64>,
     /// VMM resident memory outside guest RAM.
