@@ -102,7 +102,10 @@ int vq_add(struct virtq *q, const struct vbuf *bufs, unsigned n);
 void vq_notify(struct virtq *q);
 /* Pop one used element if available (non-blocking); frees its chain. */
 bool vq_poll(struct virtq *q, u32 *id, u32 *len);
-/* Spin (bounded, kiln.spin=<iterations>, default 500000, ~4 s in the emulator) until a used element is available. */
+/*
+ * Spin until a used element is available, at most kiln.spin=<iterations> (default 500000,
+ * about 4 s under the PVM host's instruction emulator).
+ */
 bool vq_wait(struct virtq *q, u32 *id, u32 *len);
 /* After used-ring progress: wait (bounded) for InterruptStatus bit 0, then ack it. */
 void virtio_check_irq(struct vdev *dev);
