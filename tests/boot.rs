@@ -88,6 +88,38 @@ fn emulation_failure_is_reported() {
 }
 
 #[test]
+fn harness_reports_a_failing_guest() {
+    // Child process: waiting for a line that never comes reports the exit and Kiln's log.
+    let mut vm = vm(&guest().elf)
+        .cmdline("console=ttyS0 kiln.mode=fault")
+        .spawn()
+        .unwrap();
+    let err = vm.wait_for("never printed", VM_TIMEOUT).unwrap_err().to_string();
+    assert!(err.contains("exited"), "{err}");
+    assert!(err.contains("KILN-GUEST about to fault"), "no serial tail: {err}");
+    assert!(err.contains("KVM_EXIT_INTERNAL_ERROR"), "no exit reason: {err}");
+    // In process: the outcome carries the fault itself.
+    let out = vm_in_process_fault();
+    match out.exit {
+        Some(VmExit::GuestFault(f)) => {
+            assert_eq!(f.suberror, Some(1), "{f}");
+            assert!(!f.insn.is_empty(), "{f}");
+        }
+        other => panic!("expected a guest fault, got {other:?}: {}", out.log),
+    }
+    assert_eq!(out.code, Some(2));
+}
+
+fn vm_in_process_fault() -> vmm::harness::Outcome {
+    vm(&guest().elf)
+        .cmdline("console=ttyS0 kiln.mode=fault")
+        .start_in_process()
+        .unwrap()
+        .wait(VM_TIMEOUT)
+        .unwrap()
+}
+
+#[test]
 fn sigterm_stops_a_spinning_guest() {
     let mut vm = vm(&guest().elf)
         .cmdline("console=ttyS0 kiln.mode=spin")

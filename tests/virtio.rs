@@ -103,13 +103,15 @@ fn flushed_writes_survive_sigkill() {
     let rw = d.join("rw.img");
     make_disk(&rw);
     let mut vm = vm(&guest().elf)
-        .cmdline(blk_cmdline())
+        .cmdline(format!("{} kiln.end=spin", blk_cmdline()))
         .disk(disk(&rw, false, Some("kilndisk0")))
         .spawn()
         .unwrap();
     vm.wait_for("^KILN-CHECK blk_flush ok$", VM_TIMEOUT).unwrap();
-    // Dropping the RunningVm SIGKILLs a child that is still running.
-    drop(vm);
+    vm.wait_for("^KILN-GUEST spinning$", VM_TIMEOUT).unwrap();
+    // The VMM is still running: SIGKILL it, no clean shutdown.
+    let out = vm.kill().unwrap();
+    assert_eq!(out.code, None, "kiln was not killed by the signal");
     assert_disk(&rw, true);
     std::fs::remove_dir_all(d).unwrap();
 }
@@ -158,7 +160,7 @@ struct TestTap(String);
 
 impl TestTap {
     fn new(tag: &str) -> Self {
-        let name = format!("kt{}{tag}", std::process::id() % 100_000);
+        let name = vmm::harness::unique_tap_name(tag);
         let _ = Command::new("ip").args(["link", "del", &name]).status();
         ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
@@ -234,7 +236,7 @@ fn net_frames_round_trip_through_a_tap() {
     if !tap_capable() {
         return;
     }
-    let tap = TestTap::new("n");
+    let tap = TestTap::new("kt");
     let stop = Arc::new(AtomicBool::new(false));
     let peer = echo_peer(&tap.0, stop.clone());
     let mac = "02:4b:00:00:00:07";
@@ -266,7 +268,7 @@ fn tap_created_by_kiln_is_removed_on_exit_and_on_error() {
     if !tap_capable() {
         return;
     }
-    let name = format!("kc{}", std::process::id() % 100_000);
+    let name = vmm::harness::unique_tap_name("kc");
     let sys = PathBuf::from(format!("/sys/class/net/{name}"));
     let mut vm = vm(&guest().elf)
         .cmdline("console=ttyS0 kiln.mode=spin")

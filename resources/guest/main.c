@@ -16,7 +16,15 @@ static struct boot_info bi;
 
 static __attribute__((noreturn)) void finish(void)
 {
+    const char *v;
+    size_t n;
     kprintf("KILN-GUEST done ok=%u fail=%u\n", checks_ok, checks_failed);
+    /* kiln.end=spin: stay alive after the checks (for tests that kill the VMM). */
+    if (cmdline_get("kiln.end", &v, &n) && span_eq(v, n, "spin")) {
+        kprintf("KILN-GUEST spinning\n");
+        for (;;)
+            cpu_pause();
+    }
     mmio_write8(BOOT_TIMER_ADDR, BOOT_TIMER_MAGIC);
     outb(I8042_COMMAND, I8042_RESET);
     for (;;)

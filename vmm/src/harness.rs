@@ -243,9 +243,12 @@ impl VmBuilder {
             .map_err(io_err("spawning the VM thread"))?;
         let serial = SerialLog::new();
         let reader = serial.collect(out_r);
+        let log = SerialLog::new();
+        // No separate log stream in process: it is closed from the start.
+        crate::devices_lock(&log.0 .0).closed = true;
         Ok(RunningVm {
             serial,
-            log: SerialLog::new(),
+            log,
             readers: vec![reader],
             backend: Backend::InProcess {
                 thread: Some(thread),
@@ -255,6 +258,18 @@ impl VmBuilder {
             },
         })
     }
+}
+
+/// A TAP interface name unique to this process and call (at most 15 characters), for
+/// tests that create network devices in parallel: `<prefix><pid><n>`.
+pub fn unique_tap_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let prefix: String = prefix.chars().filter(char::is_ascii_alphanumeric).take(4).collect();
+    let mut name = format!("{prefix}{}x{n}", std::process::id());
+    name.truncate(15);
+    name
 }
 
 fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
@@ -348,6 +363,22 @@ impl SerialLog {
             s.closed = true;
             cv.notify_all();
         })
+    }
+
+    /// Waits until the writer side has closed, or `deadline`.
+    fn wait_closed(&self, deadline: Instant) {
+        let (state, cv) = &*self.0;
+        let mut s = crate::devices_lock(state);
+        while !s.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            s = match cv.wait_timeout(s, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
     }
 
     fn lines(&self) -> Vec<String> {
@@ -462,10 +493,14 @@ impl RunningVm {
         match found {
             Some(hit) => Ok(hit),
             None if closed => Err(HarnessError::ExitedEarly {
+                log: {
+                    // Kiln's last words go to stderr just before exit: let them arrive.
+                    self.log.wait_closed(Instant::now() + Duration::from_secs(2));
+                    self.log.tail(20)
+                },
                 pattern: pattern.into(),
                 exit: self.exit_description(),
                 tail: self.serial.tail(20),
-                log: self.log.tail(20),
             }),
             None => Err(HarnessError::Timeout {
                 pattern: pattern.into(),
@@ -500,6 +535,18 @@ impl RunningVm {
         w.write_all(bytes)
             .and_then(|_| w.flush())
             .map_err(io_err("writing serial input"))
+    }
+
+    /// SIGKILLs a child `kiln` (no clean shutdown) and collects what it left; in process,
+    /// same as [`RunningVm::stop`].
+    pub fn kill(mut self) -> HResult<Outcome> {
+        match &mut self.backend {
+            Backend::Child { child, .. } => {
+                child.kill().map_err(io_err("killing kiln"))?;
+            }
+            Backend::InProcess { stop, .. } => stop.stop(),
+        }
+        self.wait(Duration::from_secs(10))
     }
 
     /// Stops the VM (SIGTERM to a child; the stop handle in-process) and waits for it.

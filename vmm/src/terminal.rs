@@ -8,6 +8,17 @@ pub struct RawMode {
     saved: libc::termios,
 }
 
+/// The saved mode, for the panic hook (a panic must not leave the terminal raw).
+static SAVED: std::sync::Mutex<Option<(RawFd, libc::termios)>> = std::sync::Mutex::new(None);
+
+fn restore_saved() {
+    let saved = SAVED.lock().ok().and_then(|mut s| s.take());
+    if let Some((fd, t)) = saved {
+        // SAFETY: restoring attributes saved from the same fd.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+    }
+}
+
 impl RawMode {
     /// Raw mode on `fd` if it is a terminal; `None` otherwise.
     pub fn enable(fd: &impl AsRawFd) -> Option<Self> {
@@ -28,6 +39,14 @@ impl RawMode {
             if libc::tcsetattr(fd, libc::TCSANOW, &raw) != 0 {
                 return None;
             }
+            if let Ok(mut s) = SAVED.lock() {
+                *s = Some((fd, saved));
+            }
+            let prev = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                restore_saved();
+                prev(info);
+            }));
             Some(Self { fd, saved })
         }
     }
@@ -37,6 +56,9 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         // SAFETY: restoring the attributes saved from the same fd.
         unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+        if let Ok(mut s) = SAVED.lock() {
+            s.take();
+        }
     }
 }
 
