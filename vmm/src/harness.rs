@@ -670,3 +670,27 @@ pub fn parse_timings(json: &str) -> Timings {
         exit_us: get("exit_us"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_names_are_unique_and_short() {
+        let a = unique_tap_name("kiln-test");
+        let b = unique_tap_name("kiln-test");
+        assert_ne!(a, b);
+        assert!(a.len() <= 15 && b.len() <= 15, "{a} {b}");
+        assert!(a.starts_with("kiln"));
+        assert!(unique_tap_name("ü").len() <= 15);
+    }
+
+    #[test]
+    fn timings_json() {
+        let t = parse_timings(r#"{"vmm_ready_us":10,"first_kvm_run_us":12,"boot_timer_us":null}"#);
+        assert_eq!(t.vmm_ready_us, Some(10));
+        assert_eq!(t.first_kvm_run_us, Some(12));
+        assert_eq!(t.boot_timer_us, None);
+        assert_eq!(parse_timings("garbage"), Timings::default());
+    }
+}
