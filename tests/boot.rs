@@ -35,38 +35,76 @@ fn boot_and_check(name: &str, kernel: &Path, proto: BootProtocolConfig, entry: &
         .spawn()
         .unwrap();
     let out = vm.wait(VM_TIMEOUT).unwrap();
-    assert_eq!(out.code, Some(0), "kiln failed: {}\nserial: {:#?}", out.log, out.serial);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "kiln failed: {}\nserial: {:#?}",
+        out.log,
+        out.serial
+    );
     let echoed = format!("KILN-GUEST cmdline={cmdline}");
-    assert!(out.serial.contains(&echoed), "cmdline not echoed exactly: {:#?}", out.serial);
+    assert!(
+        out.serial.contains(&echoed),
+        "cmdline not echoed exactly: {:#?}",
+        out.serial
+    );
     assert_checks(&out.serial, 4);
     assert!(
         out.timings.boot_timer_us.is_some(),
         "boot timer not reached: {:?}",
         out.timings
     );
-    assert!(out.log.contains("boot-timer"), "no boot-timer log: {}", out.log);
+    assert!(
+        out.log.contains("boot-timer"),
+        "no boot-timer log: {}",
+        out.log
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn elf_linux64_boot_protocol() {
-    boot_and_check("elf64", &guest().elf, BootProtocolConfig::Linux, "linux64", MEM_MIB);
+    boot_and_check(
+        "elf64",
+        &guest().elf,
+        BootProtocolConfig::Linux,
+        "linux64",
+        MEM_MIB,
+    );
 }
 
 #[test]
 fn elf_pvh_entry() {
-    boot_and_check("pvh", &guest().elf, BootProtocolConfig::Auto, "pvh", MEM_MIB);
+    boot_and_check(
+        "pvh",
+        &guest().elf,
+        BootProtocolConfig::Auto,
+        "pvh",
+        MEM_MIB,
+    );
 }
 
 #[test]
 fn bzimage_format() {
-    boot_and_check("bzimage", &guest().bzimage, BootProtocolConfig::Auto, "linux64", MEM_MIB);
+    boot_and_check(
+        "bzimage",
+        &guest().bzimage,
+        BootProtocolConfig::Auto,
+        "linux64",
+        MEM_MIB,
+    );
 }
 
 #[test]
 fn memory_above_the_mmio_gap() {
     // 3.5 GiB: RAM continues above 4 GiB, the e820 total still counts all of it.
-    boot_and_check("himem", &guest().elf, BootProtocolConfig::Linux, "linux64", 3584);
+    boot_and_check(
+        "himem",
+        &guest().elf,
+        BootProtocolConfig::Linux,
+        "linux64",
+        3584,
+    );
 }
 
 #[test]
@@ -76,12 +114,24 @@ fn emulation_failure_is_reported() {
         .spawn()
         .unwrap();
     let out = vm.wait(VM_TIMEOUT).unwrap();
-    assert!(out.serial.iter().any(|l| l == "KILN-GUEST about to fault"), "{:#?}", out.serial);
+    assert!(
+        out.serial.iter().any(|l| l == "KILN-GUEST about to fault"),
+        "{:#?}",
+        out.serial
+    );
     assert_eq!(out.code, Some(2), "log: {}", out.log);
     for needle in ["KVM_EXIT_INTERNAL_ERROR", "RIP 0x", "instruction bytes:"] {
-        assert!(out.log.contains(needle), "missing '{needle}' in: {}", out.log);
+        assert!(
+            out.log.contains(needle),
+            "missing '{needle}' in: {}",
+            out.log
+        );
     }
-    assert!(!out.log.contains("(unreadable)"), "bytes at RIP unreadable: {}", out.log);
+    assert!(
+        !out.log.contains("(unreadable)"),
+        "bytes at RIP unreadable: {}",
+        out.log
+    );
     if pvm_host() {
         assert!(out.log.contains("PVM"), "no PVM note: {}", out.log);
     }
@@ -94,10 +144,19 @@ fn harness_reports_a_failing_guest() {
         .cmdline("console=ttyS0 kiln.mode=fault")
         .spawn()
         .unwrap();
-    let err = vm.wait_for("never printed", VM_TIMEOUT).unwrap_err().to_string();
+    let err = vm
+        .wait_for("never printed", VM_TIMEOUT)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("exited"), "{err}");
-    assert!(err.contains("KILN-GUEST about to fault"), "no serial tail: {err}");
-    assert!(err.contains("KVM_EXIT_INTERNAL_ERROR"), "no exit reason: {err}");
+    assert!(
+        err.contains("KILN-GUEST about to fault"),
+        "no serial tail: {err}"
+    );
+    assert!(
+        err.contains("KVM_EXIT_INTERNAL_ERROR"),
+        "no exit reason: {err}"
+    );
     // In process: the outcome carries the fault itself.
     let out = vm_in_process_fault();
     match out.exit {
@@ -129,7 +188,11 @@ fn sigterm_stops_a_spinning_guest() {
     let t = std::time::Instant::now();
     let out = vm.stop(Duration::from_secs(10)).unwrap();
     assert_eq!(out.code, Some(128 + 15), "log: {}", out.log);
-    assert!(t.elapsed() < Duration::from_secs(5), "stop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -157,7 +220,10 @@ fn in_process_vm_and_harness_timeout() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("timed out"), "{err}");
-    assert!(err.contains("KILN-GUEST spinning"), "no serial tail in: {err}");
+    assert!(
+        err.contains("KILN-GUEST spinning"),
+        "no serial tail in: {err}"
+    );
     let out = vm.stop(Duration::from_secs(10)).unwrap();
     assert_eq!(out.exit, Some(VmExit::Stopped));
 }
@@ -188,16 +254,26 @@ fn parallel_vms_do_not_collide() {
     for (i, vm) in vms.into_iter().enumerate() {
         let out = vm.wait(VM_TIMEOUT).unwrap();
         assert_eq!(out.code, Some(0), "vm {i}: {}", out.log);
-        assert!(out.serial.iter().any(|l| l.contains(&format!("kiln.id={i}"))));
+        assert!(out
+            .serial
+            .iter()
+            .any(|l| l.contains(&format!("kiln.id={i}"))));
         assert_checks(&out.serial, 1);
     }
 }
 
 #[test]
 fn kiln_check_reports_the_host() {
-    let out = std::process::Command::new(kiln_bin()).arg("check").output().unwrap();
+    let out = std::process::Command::new(kiln_bin())
+        .arg("check")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("API version:      12"), "{text}");
     assert!(text.contains("max vCPUs:"), "{text}");
     let pvm = if pvm_host() { "yes" } else { "no" };

@@ -88,8 +88,18 @@ fn truncated_bzimage_kernel() {
 fn initrd_too_large_for_memory() {
     let d = temp_dir("bigrd");
     let rd = d.join("initrd");
-    std::fs::File::create(&rd).unwrap().set_len(200 << 20).unwrap();
-    let out = kiln(&["--kernel", &elf(), "--initrd", rd.to_str().unwrap(), "--memory", "64M"]);
+    std::fs::File::create(&rd)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let out = kiln(&[
+        "--kernel",
+        &elf(),
+        "--initrd",
+        rd.to_str().unwrap(),
+        "--memory",
+        "64M",
+    ]);
     assert_error(&out, &["initrd", "--memory"]);
     std::fs::remove_dir_all(d).unwrap();
 }
@@ -131,7 +141,10 @@ fn bad_config_file() {
     let d = temp_dir("badcfg");
     let f = d.join("vm.json");
     std::fs::write(&f, r#"{"kernel": "/k", "cpuz": 2}"#).unwrap();
-    assert_error(&kiln(&["--config", f.to_str().unwrap()]), &["vm.json", "cpuz"]);
+    assert_error(
+        &kiln(&["--config", f.to_str().unwrap()]),
+        &["vm.json", "cpuz"],
+    );
     std::fs::remove_dir_all(d).unwrap();
 }
 

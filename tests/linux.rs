@@ -22,7 +22,10 @@ fn linux_dir() -> PathBuf {
 
 /// The Debian artifacts, or `None` (skip) when not fetched outside CI.
 fn debian_artifacts() -> Option<(PathBuf, PathBuf)> {
-    let (k, rd) = (linux_dir().join("vmlinux"), linux_dir().join("initramfs.cpio.gz"));
+    let (k, rd) = (
+        linux_dir().join("vmlinux"),
+        linux_dir().join("initramfs.cpio.gz"),
+    );
     if k.exists() && rd.exists() {
         return Some((k, rd));
     }
@@ -30,7 +33,10 @@ fn debian_artifacts() -> Option<(PathBuf, PathBuf)> {
         std::env::var("CI").is_err(),
         "CI must fetch the Debian kernel first: run resources/linux/fetch-all.sh"
     );
-    eprintln!("skipped: {} missing; run resources/linux/fetch-all.sh", k.display());
+    eprintln!(
+        "skipped: {} missing; run resources/linux/fetch-all.sh",
+        k.display()
+    );
     None
 }
 
@@ -39,13 +45,22 @@ fn expected_e820(mem: u64) -> Vec<String> {
     vec![
         "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable".to_string(),
         "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved".to_string(),
-        format!("BIOS-e820: [mem 0x0000000000100000-0x{:016x}] usable", mem - 1),
+        format!(
+            "BIOS-e820: [mem 0x0000000000100000-0x{:016x}] usable",
+            mem - 1
+        ),
     ]
 }
 
 fn early_boot(kernel_is_elf: bool) {
-    let Some((vmlinux, initrd)) = debian_artifacts() else { return };
-    let kernel = if kernel_is_elf { vmlinux } else { linux_dir().join("vmlinuz") };
+    let Some((vmlinux, initrd)) = debian_artifacts() else {
+        return;
+    };
+    let kernel = if kernel_is_elf {
+        vmlinux
+    } else {
+        linux_dir().join("vmlinuz")
+    };
     let mem_mib = 256;
     let cmdline = "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=1 kiln.marker=early";
     let mut vm = vm(&kernel)
@@ -57,17 +72,26 @@ fn early_boot(kernel_is_elf: bool) {
         .unwrap();
     let timeout = Duration::from_secs(600);
     vm.wait_for(r"Linux version \d+\.\d+", timeout).unwrap();
-    vm.wait_for(&format!("Command line: {}$", regex_escape(cmdline)), timeout)
-        .unwrap();
+    vm.wait_for(
+        &format!("Command line: {}$", regex_escape(cmdline)),
+        timeout,
+    )
+    .unwrap();
     for line in expected_e820(mem_mib << 20) {
         vm.wait_for(&regex_escape(&line), timeout).unwrap();
     }
     // Both vCPUs found through Kiln's ACPI MADT (Debian's cloud kernel has no MP-table parser).
-    vm.wait_for("ACPI: Using ACPI \\(MADT\\) for SMP", timeout).unwrap();
+    vm.wait_for("ACPI: Using ACPI \\(MADT\\) for SMP", timeout)
+        .unwrap();
     vm.wait_for("smpboot: Allowing 2 CPUs", timeout).unwrap();
     if pvm_host() {
         let out = vm.wait(timeout).unwrap();
-        assert_eq!(out.code, Some(2), "expected an emulation failure; log: {}", out.log);
+        assert_eq!(
+            out.code,
+            Some(2),
+            "expected an emulation failure; log: {}",
+            out.log
+        );
         assert!(out.log.contains("KVM_EXIT_INTERNAL_ERROR"), "{}", out.log);
         assert!(out.log.contains("PVM"), "{}", out.log);
     } else {
@@ -114,7 +138,8 @@ fn full_linux_boot() {
         .initrd(&initrd)
         .spawn()
         .unwrap();
-    vm.wait_for("KILN-LINUX init reached", Duration::from_secs(120)).unwrap();
+    vm.wait_for("KILN-LINUX init reached", Duration::from_secs(120))
+        .unwrap();
     let out = vm.wait(Duration::from_secs(60)).unwrap();
     assert_eq!(out.code, Some(0), "{}", out.log);
 }

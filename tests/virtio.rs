@@ -61,9 +61,14 @@ fn disk(path: &Path, readonly: bool, id: Option<&str>) -> DiskConfig {
 
 fn assert_guest_ok(serial: &[String]) {
     let fails: Vec<&String> = serial.iter().filter(|l| l.contains(" FAIL")).collect();
-    assert!(fails.is_empty(), "guest checks failed: {fails:#?}\n{serial:#?}");
     assert!(
-        serial.iter().any(|l| l.starts_with("KILN-GUEST done ok=") && l.ends_with(" fail=0")),
+        fails.is_empty(),
+        "guest checks failed: {fails:#?}\n{serial:#?}"
+    );
+    assert!(
+        serial
+            .iter()
+            .any(|l| l.starts_with("KILN-GUEST done ok=") && l.ends_with(" fail=0")),
         "{serial:#?}"
     );
 }
@@ -84,13 +89,28 @@ fn block_read_write_flush_id_and_readonly() {
         .unwrap();
     assert_eq!(out.code, Some(0), "{}\n{:#?}", out.log, out.serial);
     assert_guest_ok(&out.serial);
-    for name in ["blk_read", "blk_write", "blk_flush", "blk_readback", "blk_id", "blk_eof"] {
+    for name in [
+        "blk_read",
+        "blk_write",
+        "blk_flush",
+        "blk_readback",
+        "blk_id",
+        "blk_eof",
+    ] {
         let line = format!("KILN-CHECK {name} ok");
-        assert!(out.serial.contains(&line), "missing '{line}': {:#?}", out.serial);
+        assert!(
+            out.serial.contains(&line),
+            "missing '{line}': {:#?}",
+            out.serial
+        );
     }
     for name in ["blk_ro_feature", "blk_ro_write", "blk_ro_read", "blk_irq"] {
         let line = format!("KILN-CHECK {name} ok");
-        assert!(out.serial.contains(&line), "missing '{line}': {:#?}", out.serial);
+        assert!(
+            out.serial.contains(&line),
+            "missing '{line}': {:#?}",
+            out.serial
+        );
     }
     assert_disk(&rw, true);
     assert_disk(&ro, false);
@@ -107,7 +127,8 @@ fn flushed_writes_survive_sigkill() {
         .disk(disk(&rw, false, Some("kilndisk0")))
         .spawn()
         .unwrap();
-    vm.wait_for("^KILN-CHECK blk_flush ok$", VM_TIMEOUT).unwrap();
+    vm.wait_for("^KILN-CHECK blk_flush ok$", VM_TIMEOUT)
+        .unwrap();
     vm.wait_for("^KILN-GUEST spinning$", VM_TIMEOUT).unwrap();
     // The VMM is still running: SIGKILL it, no clean shutdown.
     let out = vm.kill().unwrap();
@@ -121,7 +142,13 @@ fn disk_errors_leave_nothing_behind() {
     let d = temp_dir("blk-err");
     let missing = d.join("missing.img");
     let out = Command::new(kiln_bin())
-        .args(["run", "--kernel", guest().elf.to_str().unwrap(), "--serial", "none"])
+        .args([
+            "run",
+            "--kernel",
+            guest().elf.to_str().unwrap(),
+            "--serial",
+            "none",
+        ])
         .arg("--disk")
         .arg(format!("path={}", missing.display()))
         .output()
@@ -137,9 +164,8 @@ fn disk_errors_leave_nothing_behind() {
 fn tap_capable() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let ok = root
-        && Path::new("/dev/net/tun").exists()
-        && Command::new("ip").arg("-V").output().is_ok();
+    let ok =
+        root && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
     if !ok {
         assert!(
             std::env::var("CI").is_err(),
@@ -187,14 +213,24 @@ fn echo_peer(ifname: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usi
         unsafe {
             let proto = ETHERTYPE.to_be();
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_protocol = proto;
             sll.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
             let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            assert_eq!(libc::bind(fd, &sll as *const _ as *const libc::sockaddr, len), 0);
-            let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+            assert_eq!(
+                libc::bind(fd, &sll as *const _ as *const libc::sockaddr, len),
+                0
+            );
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
             libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,
@@ -241,7 +277,9 @@ fn net_frames_round_trip_through_a_tap() {
     let peer = echo_peer(&tap.0, stop.clone());
     let mac = "02:4b:00:00:00:07";
     let out = vm(&guest().elf)
-        .cmdline(format!("console=ttyS0 kiln.mode=net kiln.mac={mac} kiln.net_frames=8"))
+        .cmdline(format!(
+            "console=ttyS0 kiln.mode=net kiln.mac={mac} kiln.net_frames=8"
+        ))
         .net(NetConfig {
             tap: tap.0.clone(),
             mac: Some(mac.into()),
@@ -256,7 +294,11 @@ fn net_frames_round_trip_through_a_tap() {
     assert_guest_ok(&out.serial);
     for name in ["net_mac", "net_tx", "net_rx"] {
         let line = format!("KILN-CHECK {name} ok");
-        assert!(out.serial.contains(&line), "missing '{line}': {:#?}", out.serial);
+        assert!(
+            out.serial.contains(&line),
+            "missing '{line}': {:#?}",
+            out.serial
+        );
     }
     assert!(echoed >= 8, "peer echoed {echoed} frames");
     // The TAP existed before Kiln: Kiln must leave it in place.
@@ -285,10 +327,26 @@ fn tap_created_by_kiln_is_removed_on_exit_and_on_error() {
     assert!(!sys.exists(), "TAP {name} left behind after exit");
     // A later device fails to attach (the same TAP twice): the first TAP goes too.
     let out = Command::new(kiln_bin())
-        .args(["run", "--kernel", guest().elf.to_str().unwrap(), "--serial", "none"])
-        .args(["--net", &format!("tap={name}"), "--net", &format!("tap={name}")])
+        .args([
+            "run",
+            "--kernel",
+            guest().elf.to_str().unwrap(),
+            "--serial",
+            "none",
+        ])
+        .args([
+            "--net",
+            &format!("tap={name}"),
+            "--net",
+            &format!("tap={name}"),
+        ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!sys.exists(), "TAP {name} left behind after an error");
 }

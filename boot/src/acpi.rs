@@ -279,11 +279,7 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
     }
 
-    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
-    }
+    use crate::test_images::read_guest as read;
 
     fn u16_at(b: &[u8], off: usize) -> u16 {
         u16::from_le_bytes(b[off..off + 2].try_into().unwrap())

@@ -146,11 +146,7 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
     }
 
-    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
-    }
+    use crate::test_images::read_guest as read;
 
     /// Parses the tables back: returns (cpu apic ids, bsp flags, ioapic id, entries by type).
     fn parse(mem: &GuestMemoryMmap) -> (Vec<u8>, Vec<bool>, u8, [usize; 5]) {

@@ -148,3 +148,11 @@ pub fn file(bytes: &[u8]) -> TempFile {
     std::fs::write(f.as_path(), bytes).unwrap();
     f
 }
+
+/// Reads `len` bytes of guest memory at `addr` (test helper).
+pub fn read_guest(mem: &crate::GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut v = vec![0; len];
+    mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+    v
+}

@@ -46,8 +46,8 @@
 
 /* Static ring memory: one page per queue (desc at 0, avail at 0x400, used at 0x800). */
 struct vq_page {
-    struct virtq_desc desc[VQ_MAX_SIZE];
-    u8 pad0[0x400 - sizeof(struct virtq_desc) * VQ_MAX_SIZE];
+    struct virtq_desc desc[VQ_RING_MAX];
+    u8 pad0[0x400 - sizeof(struct virtq_desc) * VQ_RING_MAX];
     struct virtq_avail avail;
     u8 pad1[0x400 - sizeof(struct virtq_avail)];
     struct virtq_used used;
@@ -198,6 +198,11 @@ bool virtio_init(struct vdev *d, u32 device_id, u64 wanted)
 
 bool virtio_setup_queue(struct vdev *d, u16 index, struct virtq *q)
 {
+    return virtio_setup_queue_n(d, index, q, VQ_MAX_SIZE);
+}
+
+bool virtio_setup_queue_n(struct vdev *d, u16 index, struct virtq *q, u16 want)
+{
     if (index >= 2 || vq_pages_used >= MAX_QUEUES) {
         init_fail(d, "queue slot", 0, index);
         return false;
@@ -213,8 +218,8 @@ bool virtio_setup_queue(struct vdev *d, u16 index, struct virtq *q)
         init_fail(d, "QueueNumMax", VQ_MAX_SIZE, 0);
         return false;
     }
-    u16 num = VQ_MAX_SIZE;
-    while (num > max)
+    u16 num = VQ_RING_MAX;
+    while (num > want || num > max)
         num >>= 1;
     struct vq_page *pg = &vq_pages[vq_pages_used++];
     memset(pg, 0, sizeof(*pg));

@@ -13,7 +13,9 @@
 #define VIRTIO_ID_BLOCK 2
 #define VIRTIO_F_VERSION_1 (1ULL << 32)
 
+/* Default queue size of the check modes; the bench modes ask for up to VQ_RING_MAX. */
 #define VQ_MAX_SIZE 8
+#define VQ_RING_MAX 32
 
 /* §2.7.5 / §2.7.6 / §2.7.8 */
 struct virtq_desc {
@@ -28,7 +30,7 @@ struct virtq_desc {
 struct virtq_avail {
     u16 flags;
     u16 idx;
-    u16 ring[VQ_MAX_SIZE];
+    u16 ring[VQ_RING_MAX];
     u16 used_event;
 };
 
@@ -40,7 +42,7 @@ struct virtq_used_elem {
 struct virtq_used {
     u16 flags;
     u16 idx;
-    struct virtq_used_elem ring[VQ_MAX_SIZE];
+    struct virtq_used_elem ring[VQ_RING_MAX];
     u16 avail_event;
 };
 
@@ -49,7 +51,7 @@ struct vdev;
 struct virtq {
     struct vdev *dev;
     u16 index;      /* queue number on the device */
-    u16 num;        /* queue size (power of two, <= VQ_MAX_SIZE) */
+    u16 num;        /* queue size (power of two, <= VQ_RING_MAX) */
     u16 free_head;  /* free descriptor list, linked through .next */
     u16 num_free;
     u16 last_used;  /* next used-ring slot to consume */
@@ -91,6 +93,8 @@ bool virtio_find(unsigned n, struct vdev *dev, const char *name);
 bool virtio_init(struct vdev *dev, u32 device_id, u64 wanted);
 /* Set up queue `index` (size: VQ_MAX_SIZE or the largest power of two <= QueueNumMax). */
 bool virtio_setup_queue(struct vdev *dev, u16 index, struct virtq *q);
+/* The same with a size of at most `max` (clamped to VQ_RING_MAX). */
+bool virtio_setup_queue_n(struct vdev *dev, u16 index, struct virtq *q, u16 max);
 /* Set DRIVER_OK: reports "<name>_init ok" or FAIL (device needs reset / failed). */
 bool virtio_driver_ok(struct vdev *dev);
 /* Mark the device FAILED (§3.1.1 on an unrecoverable driver error). */

@@ -60,8 +60,9 @@ pub fn e820_ram(mem: u64) -> u64 {
 
 /// 32-bit FNV-1a, as the test guest computes it.
 pub fn fnv1a(data: &[u8]) -> u32 {
-    data.iter()
-        .fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// A unique temp dir for one test.
@@ -88,12 +89,21 @@ pub fn pattern_bytes(len: usize, seed: u32) -> Vec<u8> {
 /// Asserts every `KILN-CHECK` line is `ok`, that there are `n` of them, and that the
 /// guest reported done with no failures.
 pub fn assert_checks(serial: &[String], n: usize) {
-    let checks: Vec<&String> = serial.iter().filter(|l| l.starts_with("KILN-CHECK")).collect();
+    let checks: Vec<&String> = serial
+        .iter()
+        .filter(|l| l.starts_with("KILN-CHECK"))
+        .collect();
     let failed: Vec<&&String> = checks.iter().filter(|l| !l.ends_with(" ok")).collect();
-    assert!(failed.is_empty(), "guest checks failed: {failed:#?}\nserial: {serial:#?}");
+    assert!(
+        failed.is_empty(),
+        "guest checks failed: {failed:#?}\nserial: {serial:#?}"
+    );
     assert_eq!(checks.len(), n, "expected {n} checks, serial: {serial:#?}");
     let done = format!("KILN-GUEST done ok={n} fail=0");
-    assert!(serial.iter().any(|l| l == &done), "no '{done}' line: {serial:#?}");
+    assert!(
+        serial.iter().any(|l| l == &done),
+        "no '{done}' line: {serial:#?}"
+    );
 }
 
 /// Whether this host's KVM is PVM-backed.

@@ -124,9 +124,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("vm.json");
-        std::fs::write(&f, r#"{"kernel":"/a","cpus":2,"memory":"1G","cmdline":"x"}"#).unwrap();
+        std::fs::write(
+            &f,
+            r#"{"kernel":"/a","cpus":2,"memory":"1G","cmdline":"x"}"#,
+        )
+        .unwrap();
         let cli = Cli::try_parse_from([
-            "kiln", "run", "--config", f.to_str().unwrap(), "--cpus", "3", "--memory", "256M",
+            "kiln",
+            "run",
+            "--config",
+            f.to_str().unwrap(),
+            "--cpus",
+            "3",
+            "--memory",
+            "256M",
         ])
         .unwrap();
         let Command::Run(args) = cli.command else {

@@ -346,7 +346,9 @@ impl std::str::FromStr for NetConfig {
             }
         }
         if net.tap.is_empty() || net.tap.len() > 15 {
-            return Err(bad("tap name must be 1 to 15 characters: use --net tap=NAME".into()));
+            return Err(bad(
+                "tap name must be 1 to 15 characters: use --net tap=NAME".into(),
+            ));
         }
         if let Some(m) = &net.mac {
             parse_mac(m).ok_or_else(|| bad(format!("mac '{m}' is not AA:BB:CC:DD:EE:FF")))?;
@@ -403,8 +405,11 @@ mod tests {
         assert!(c.disks[0].readonly);
         assert_eq!(c.cmdline, DEFAULT_CMDLINE);
         let json_path = dir.join("vm.json");
-        std::fs::write(&json_path, r#"{"kernel":"/k","memory":64,"serial":"file=/tmp/x"}"#)
-            .unwrap();
+        std::fs::write(
+            &json_path,
+            r#"{"kernel":"/k","memory":64,"serial":"file=/tmp/x"}"#,
+        )
+        .unwrap();
         let c = VmConfig::from_file(&json_path).unwrap();
         assert_eq!(c.memory.0, 64 << 20);
         assert_eq!(c.serial, SerialConfig::File("/tmp/x".into()));

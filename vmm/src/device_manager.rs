@@ -7,8 +7,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use boot::layout;
-use devices::legacy::{BootTimer, BootTimestamps, I8042, SerialDevice, SerialInput};
 use devices::legacy::serial::ReadFd;
+use devices::legacy::{BootTimer, BootTimestamps, SerialDevice, SerialInput, I8042};
 use devices::{Bus, IrqLine};
 use event_manager::SubscriberOps;
 use kvm_ioctls::VmFd;
@@ -60,7 +60,8 @@ impl DeviceManager {
     /// An irqfd-backed interrupt line on `gsi`.
     pub fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine> {
         let line = IrqLine::new(gsi).map_err(io("creating irq eventfd"))?;
-        vm.register_irqfd(&line.evt, gsi).map_err(kvm_err("KVM_IRQFD"))?;
+        vm.register_irqfd(&line.evt, gsi)
+            .map_err(kvm_err("KVM_IRQFD"))?;
         Ok(line)
     }
 
@@ -90,7 +91,11 @@ impl DeviceManager {
             em.add_subscriber(Arc::new(Mutex::new(sub)));
         }
         let reset = self.reset_evt.try_clone().map_err(io("cloning eventfd"))?;
-        self.insert_pio(Arc::new(Mutex::new(I8042::new(reset))), layout::I8042_DATA_PORT, 5)?;
+        self.insert_pio(
+            Arc::new(Mutex::new(I8042::new(reset))),
+            layout::I8042_DATA_PORT,
+            5,
+        )?;
         self.mmio
             .insert(
                 Arc::new(Mutex::new(BootTimer::new(times))),

@@ -81,7 +81,11 @@ impl fmt::Display for GuestFault {
             write!(f, " {b:02x}")?;
         }
         if self.pvm_host && self.suberror == Some(1) {
-            write!(f, "\n{}; this guest stopped at such an instruction", crate::host::PVM_NOTE)?;
+            write!(
+                f,
+                "\n{}; this guest stopped at such an instruction",
+                crate::host::PVM_NOTE
+            )?;
         }
         Ok(())
     }

@@ -266,7 +266,11 @@ pub fn unique_tap_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let prefix: String = prefix.chars().filter(char::is_ascii_alphanumeric).take(4).collect();
+    let prefix: String = prefix
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(4)
+        .collect();
     let mut name = format!("{prefix}{}x{n}", std::process::id());
     name.truncate(15);
     name
@@ -402,7 +406,13 @@ impl SerialLog {
         let (state, cv) = &*self.0;
         let mut s = crate::devices_lock(state);
         loop {
-            if let Some((i, l)) = s.lines.iter().enumerate().skip(from).find(|(_, l)| re.is_match(l)) {
+            if let Some((i, l)) = s
+                .lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| re.is_match(l))
+            {
                 return (Some((i, l.clone())), s.closed);
             }
             let now = Instant::now();
@@ -495,7 +505,8 @@ impl RunningVm {
             None if closed => Err(HarnessError::ExitedEarly {
                 log: {
                     // Kiln's last words go to stderr just before exit: let them arrive.
-                    self.log.wait_closed(Instant::now() + Duration::from_secs(2));
+                    self.log
+                        .wait_closed(Instant::now() + Duration::from_secs(2));
                     self.log.tail(20)
                 },
                 pattern: pattern.into(),
@@ -566,9 +577,7 @@ impl RunningVm {
     pub fn wait(mut self, timeout: Duration) -> HResult<Outcome> {
         let deadline = Instant::now() + timeout;
         let (code, exit, log, timings) = match &mut self.backend {
-            Backend::Child {
-                child, timings, ..
-            } => {
+            Backend::Child { child, timings, .. } => {
                 let status = loop {
                     match child.try_wait().map_err(io_err("waiting for kiln"))? {
                         Some(s) => break s,
@@ -593,7 +602,9 @@ impl RunningVm {
                 ..
             } => {
                 let Some(t) = thread.take() else {
-                    return Err(io_err("waiting for the VM")(std::io::ErrorKind::Other.into()));
+                    return Err(io_err("waiting for the VM")(
+                        std::io::ErrorKind::Other.into(),
+                    ));
                 };
                 while !t.is_finished() {
                     if Instant::now() >= deadline {

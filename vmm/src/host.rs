@@ -102,7 +102,11 @@ pub fn check_report() -> Result<String> {
     let kvm = open_kvm_at(&path)?;
     let _ = writeln!(r, "access:           read/write ok");
     let v = kvm.get_api_version();
-    let _ = writeln!(r, "API version:      {v}{}", if v == 12 { " (ok)" } else { " (need 12)" });
+    let _ = writeln!(
+        r,
+        "API version:      {v}{}",
+        if v == 12 { " (ok)" } else { " (need 12)" }
+    );
     for (cap, name) in REQUIRED_CAPS {
         let ok = kvm.check_extension(*cap);
         let _ = writeln!(r, "{name:<24}{}", if ok { "yes" } else { "MISSING" });
@@ -122,7 +126,10 @@ pub fn check_report() -> Result<String> {
     if pvm {
         let _ = writeln!(r, "note: {PVM_NOTE}.");
     } else {
-        let _ = writeln!(r, "note: hardware virtualization: stock Linux guest kernels boot fully.");
+        let _ = writeln!(
+            r,
+            "note: hardware virtualization: stock Linux guest kernels boot fully."
+        );
     }
     if let Some((cap, name)) = REQUIRED_CAPS.iter().find(|(c, _)| !kvm.check_extension(*c)) {
         let _ = cap;

@@ -31,7 +31,13 @@ fn parse_smaps(smaps: &str, guest: &[(u64, u64)]) -> MemStats {
                 continue;
             }
         }
-        let kib = || words.clone().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let kib = || {
+            words
+                .clone()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         match (first, in_guest) {
             ("Rss:", true) => s.guest_rss_kib += kib(),
             ("Rss:", false) => s.vmm_rss_kib += kib(),
@@ -57,7 +63,14 @@ Rss:                 400 kB
 Pss:                 400 kB
 ";
         let s = parse_smaps(smaps, &[(0x7f00_0000_0000, 0x7f00_0800_0000)]);
-        assert_eq!(s, MemStats { vmm_rss_kib: 8, vmm_pss_kib: 6, guest_rss_kib: 400 });
+        assert_eq!(
+            s,
+            MemStats {
+                vmm_rss_kib: 8,
+                vmm_pss_kib: 6,
+                guest_rss_kib: 400
+            }
+        );
         assert!(measure(&[]).unwrap().vmm_rss_kib > 0);
     }
 }

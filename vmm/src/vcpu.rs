@@ -15,7 +15,7 @@ use boot::{EntryPoint, GuestMemoryMmap};
 use devices::legacy::BootTimestamps;
 use devices::Bus;
 use kvm_bindings::{kvm_run, kvm_sregs, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET};
-use kvm_bindings::{KVM_SYSTEM_EVENT_SHUTDOWN, KVM_INTERNAL_ERROR_EMULATION};
+use kvm_bindings::{KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -95,7 +95,8 @@ pub fn configure(
     let msrs = Msrs::from_entries(&x86::msr::boot_msr_entries())
         .map_err(|e| Error::Device(format!("building the MSR list: {e:?}")))?;
     vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
-    vcpu.set_fpu(&x86::fpu::boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))?;
+    vcpu.set_fpu(&x86::fpu::boot_fpu())
+        .map_err(kvm_err("KVM_SET_FPU"))?;
     let mut lapic = vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
     x86::lapic::set_lint(&mut lapic);
     vcpu.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
@@ -299,7 +300,8 @@ mod tests {
         // PML4 at 0x9000 -> PDPT at 0xa000 -> PD at 0xb000, 2 MiB pages.
         mem.write_obj(0xa000u64 | 3, GuestAddress(0x9000)).unwrap();
         mem.write_obj(0xb000u64 | 3, GuestAddress(0xa000)).unwrap();
-        mem.write_obj(0x20_0000u64 | 0x83, GuestAddress(0xb008)).unwrap();
+        mem.write_obj(0x20_0000u64 | 0x83, GuestAddress(0xb008))
+            .unwrap();
         let mut s = kvm_sregs::default();
         assert_eq!(walk_page_tables(&mem, &s, 0x1234), Some(0x1234));
         s.cr0 = 1 << 31 | 1;

@@ -46,10 +46,9 @@ pub fn mac_for(net: &NetConfig) -> [u8; 6] {
     if let Some(mac) = net.mac.as_deref().and_then(parse_mac) {
         return mac;
     }
-    let h = net
-        .tap
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let h = net.tap.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     let b = h.to_be_bytes();
     [0x02, 0x4b, b[0], b[1], b[2], b[3]]
 }
@@ -63,8 +62,8 @@ fn attach<D: VirtioDevice + Send + 'static>(
 ) -> Result<()> {
     let (base, gsi) = devices.next_virtio_slot()?;
     let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
-    let transport = MmioTransport::new(dev, mem.clone(), irq)
-        .map_err(|e| Error::Device(e.to_string()))?;
+    let transport =
+        MmioTransport::new(dev, mem.clone(), irq).map_err(|e| Error::Device(e.to_string()))?;
     let transport = Arc::new(Mutex::new(transport));
     {
         let t = devices::bus::lock(&transport);

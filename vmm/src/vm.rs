@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use boot::{layout, BootInfo, GuestMemoryMmap};
 use devices::legacy::BootTimestamps;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use event_manager::SubscriberOps;
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -115,7 +115,10 @@ impl Vm {
         let boot = boot::load(
             &mem,
             &boot::BootConfig {
-                kernel: cfg.kernel.as_deref().ok_or(crate::config::ConfigError::NoKernel)?,
+                kernel: cfg
+                    .kernel
+                    .as_deref()
+                    .ok_or(crate::config::ConfigError::NoKernel)?,
                 initrd: cfg.initrd.as_deref(),
                 cmdline: &cmdline,
                 mem_size,
@@ -129,7 +132,9 @@ impl Vm {
         )?;
         let mut vcpus = Vec::with_capacity(cpus as usize);
         for id in 0..cpus {
-            let v = fd.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let v = fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let entry = (id == 0).then_some(&boot.entry);
             vcpu::configure(&kvm, &v, id, cpus, entry)?;
             vcpus.push(v);
@@ -187,11 +192,18 @@ impl Vm {
         vcpu::install_kick_handler()?;
         let exit_sub = ExitSubscriber::new(
             self.latch.clone(),
-            self.devices.reset_evt.try_clone().map_err(io("cloning eventfd"))?,
-            self.devices.quit_evt.try_clone().map_err(io("cloning eventfd"))?,
+            self.devices
+                .reset_evt
+                .try_clone()
+                .map_err(io("cloning eventfd"))?,
+            self.devices
+                .quit_evt
+                .try_clone()
+                .map_err(io("cloning eventfd"))?,
             self.signals.take(),
         );
-        self.em.add_subscriber(Arc::new(std::sync::Mutex::new(exit_sub)));
+        self.em
+            .add_subscriber(Arc::new(std::sync::Mutex::new(exit_sub)));
         let stop = Arc::new(AtomicBool::new(false));
         let pio = Arc::new(std::mem::take(&mut self.devices.pio));
         let mmio = Arc::new(std::mem::take(&mut self.devices.mmio));
@@ -273,7 +285,8 @@ fn setup_vm(fd: &VmFd) -> Result<()> {
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
         .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    fd.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()

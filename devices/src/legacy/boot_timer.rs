@@ -84,7 +84,11 @@ impl BusDevice for BootTimer {
             let t = &self.times;
             let since_start = t.since_start_us(&t.boot_timer).unwrap_or(0);
             let first_run = t.first_kvm_run.load(Ordering::Relaxed);
-            let since_run = t.boot_timer.load(Ordering::Relaxed).saturating_sub(first_run) / 1000;
+            let since_run = t
+                .boot_timer
+                .load(Ordering::Relaxed)
+                .saturating_sub(first_run)
+                / 1000;
             log::info!(
                 "boot-timer: guest booted {since_start} us after process start, \
                  {since_run} us after the first KVM_RUN"

@@ -250,7 +250,10 @@ mod tests {
         let sink = Sink::default();
         let irq = IrqLine::new(4).unwrap();
         let drained = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        (SerialDevice::new(irq, Box::new(sink.clone()), drained), sink)
+        (
+            SerialDevice::new(irq, Box::new(sink.clone()), drained),
+            sink,
+        )
     }
 
     #[test]

@@ -81,6 +81,18 @@ impl Axis {
     }
 }
 
+/// The "runner ×concurrency" label left of a chart row centred at `yc`.
+fn row_label(out: &mut String, yc: f64, b: &BatchReport) {
+    let label = format!("{} ×{}", b.batch.runner, b.batch.concurrency);
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="12">{}</text>"#,
+        LEFT - 10.0,
+        yc + 4.0,
+        esc(&label)
+    );
+}
+
 fn distribution_panel(out: &mut String, batches: &[&BatchReport], top: f64) -> f64 {
     let _ = writeln!(
         out,
@@ -103,14 +115,7 @@ fn distribution_panel(out: &mut String, batches: &[&BatchReport], top: f64) -> f
     }
     for (i, b) in batches.iter().enumerate() {
         let yc = y0 + ROW * (i as f64 + 0.5);
-        let label = format!("{} ×{}", b.batch.runner, b.batch.concurrency);
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="12">{}</text>"#,
-            LEFT - 10.0,
-            yc + 4.0,
-            esc(&label)
-        );
+        row_label(out, yc, b);
         let Some(s) = b.metric("wall_us") else {
             continue;
         };
@@ -157,14 +162,7 @@ fn phase_panel(out: &mut String, vms: &[&BatchReport], top: f64) -> f64 {
     axis.draw(out, y0, bottom, "ms");
     for (i, b) in vms.iter().enumerate() {
         let yc = y0 + ROW * (i as f64 + 0.5);
-        let label = format!("{} ×{}", b.batch.runner, b.batch.concurrency);
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="12">{}</text>"#,
-            LEFT - 10.0,
-            yc + 4.0,
-            esc(&label)
-        );
+        row_label(out, yc, b);
         let mut at = 0.0;
         for (j, (key, name)) in PHASES.iter().enumerate() {
             let Some(s) = b.metric(key) else { continue };
