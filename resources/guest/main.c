@@ -61,9 +61,11 @@ static void do_echo(void)
     kprintf("KILN-GUEST echo ready\n");
     for (;;) {
         char c = (char)serial_getc();
-        if (c == '\r')
+        /* A terminal's Enter sends '\r', a pipe '\n': either ends a line; the empty
+         * line between the two bytes of "\r\n" is skipped. */
+        if ((c == '\r' || c == '\n') && n == 0)
             continue;
-        if (c != '\n') {
+        if (c != '\r' && c != '\n') {
             if (n < sizeof(line))
                 line[n++] = c;
             continue;
