@@ -100,6 +100,10 @@ void kiln_main(u64 info_paddr, u64 via_pvh)
         blk_run();
     } else if (span_eq(mode, mlen, "net")) {
         net_run();
+    } else if (span_eq(mode, mlen, "blkbench")) {
+        blkbench_run(&bi);
+    } else if (span_eq(mode, mlen, "netbench")) {
+        netbench_run(&bi);
     } else if (span_eq(mode, mlen, "fault")) {
         do_fault();
     } else if (span_eq(mode, mlen, "spin")) {

@@ -7,4 +7,10 @@ void blk_run(void);
 /* kiln.mode=net: virtio-net checks (net.c). */
 void net_run(void);
 
+struct boot_info;
+/* kiln.mode=blkbench: virtio-blk throughput loop for `kiln bench --io blk` (bench.c). */
+void blkbench_run(const struct boot_info *bi);
+/* kiln.mode=netbench: virtio-net frame loop for `kiln bench --io net` (bench.c). */
+void netbench_run(const struct boot_info *bi);
+
 #endif
