@@ -19,6 +19,9 @@ pub enum Error {
     /// Opening `/dev/kvm` failed otherwise.
     #[error("cannot open /dev/kvm: {0}")]
     KvmOpen(std::io::Error),
+    /// The device answered no KVM ioctl.
+    #[error("{0} is not a KVM device: point KILN_KVM_DEVICE at /dev/kvm or unset it")]
+    NotKvm(String),
     /// The KVM API version is not 12.
     #[error("KVM API version {0} is not supported (need 12): upgrade the host kernel")]
     KvmApiVersion(i32),

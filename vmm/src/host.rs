@@ -29,6 +29,9 @@ pub fn open_kvm() -> Result<Kvm> {
     let path = kvm_device_path();
     let kvm = open_kvm_at(&path)?;
     let v = kvm.get_api_version();
+    if v < 0 {
+        return Err(Error::NotKvm(path.display().to_string()));
+    }
     if v != 12 {
         return Err(Error::KvmApiVersion(v));
     }
