@@ -6,6 +6,8 @@
 //! only: this crate never opens `/dev/kvm`). Specs: Documentation/arch/x86/boot.rst (Linux
 //! boot protocol), Xen's pvh doc (PVH), Intel MultiProcessor Specification 1.4 (MP table).
 
+#![warn(missing_docs)]
+
 pub mod acpi;
 pub mod cmdline;
 pub mod e820;

@@ -1,6 +1,8 @@
 //! Kiln's emulated devices: the I/O buses a vCPU dispatches exits to, the legacy PC
 //! devices (16550 serial, i8042, boot timer) and the virtio-mmio devices.
 
+#![warn(missing_docs)]
+
 pub mod bus;
 pub mod irq;
 pub mod legacy;

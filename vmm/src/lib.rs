@@ -1,6 +1,8 @@
 //! Kiln's VMM: configuration, KVM VM and vCPUs, devices on an event loop, and the
 //! pieces the `kiln` binary and test harnesses are built from.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod config;
 pub mod device_manager;
