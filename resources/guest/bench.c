@@ -199,7 +199,7 @@ void blkbench_run(const struct boot_info *bi)
     unsigned nfree = (unsigned)qd;
     for (unsigned i = 0; i < nfree; i++)
         bb_free[i] = (u8)i;
-    u64 issued = 0, done = 0, errors = 0, next = 0, x = LCG_SEED, spins = 0;
+    u64 issued = 0, done = 0, errors = 0, next = 0, x = LCG_SEED, spins = 0, idle = 0;
     bool timed_out = false;
 
     kprintf("KILN-BENCH start\n");
@@ -227,6 +227,7 @@ void blkbench_run(const struct boot_info *bi)
             notify(&q);
         u32 id, len;
         if (!vq_poll(&q, &id, &len)) {
+            idle++;
             if (++spins > spin_max) {
                 timed_out = true;
                 break;
@@ -256,6 +257,7 @@ void blkbench_run(const struct boot_info *bi)
         errors += total - done;
     kprintf("KILN-BENCH end op=%s bytes=%lu requests=%lu errors=%lu\n", op_name(op),
             (unsigned long)(done * req), (unsigned long)done, (unsigned long)errors);
+    kprintf("KILN-GUEST blkbench empty_polls=%lu\n", (unsigned long)idle);
     if (timed_out)
         check_fail("blkbench", "timed out after %lu of %lu requests", (unsigned long)done,
                    (unsigned long)total);
@@ -327,7 +329,8 @@ void netbench_run(const struct boot_info *bi)
     kprintf("KILN-GUEST netbench frames=%lu len=%lu rxq=%u txq=%u\n", (unsigned long)frames,
             (unsigned long)flen, nrx, ntx);
 
-    u64 sent = 0, txd = 0, rx = 0, ignored = 0, bytes = 0, spins = 0, spin_max = spin_bound();
+    u64 sent = 0, txd = 0, rx = 0, ignored = 0, bytes = 0, spins = 0, idle = 0;
+    u64 spin_max = spin_bound();
     kprintf("KILN-BENCH start\n");
     while (txd < frames || rx < txd) {
         bool progress = false, added = false;
@@ -368,11 +371,13 @@ void netbench_run(const struct boot_info *bi)
         } else if (++spins > spin_max) {
             break;
         } else {
+            idle++;
             cpu_pause();
         }
     }
     kprintf("KILN-BENCH end op=net tx=%lu rx=%lu bytes=%lu\n", (unsigned long)txd,
             (unsigned long)rx, (unsigned long)bytes);
+    kprintf("KILN-GUEST netbench empty_polls=%lu\n", (unsigned long)idle);
     if (ignored)
         kprintf("KILN-GUEST netbench ignored %lu frames of another ethertype\n",
                 (unsigned long)ignored);

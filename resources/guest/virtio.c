@@ -219,6 +219,8 @@ bool virtio_setup_queue_n(struct vdev *d, u16 index, struct virtq *q, u16 want)
         return false;
     }
     u16 num = VQ_RING_MAX;
+    if (want == 0)
+        want = 1;
     while (num > want || num > max)
         num >>= 1;
     struct vq_page *pg = &vq_pages[vq_pages_used++];

@@ -5,9 +5,11 @@
 //! ready → first `KVM_RUN` → boot-timer write → exit, VMM RSS/PSS) and times every
 //! exec→exit from the parent's clock. Next to it: `runc run` of a busybox OCI bundle, a
 //! plain fork/exec and any `--other` command. Prints a table; writes JSON and SVG.
+//! With `--io blk|net` it measures virtio I/O throughput instead (see [`io`]).
 //! This module is the `kiln bench` command itself, so it writes its table to stdout
 //! and its progress to stderr.
 
+pub mod io;
 pub mod plot;
 pub mod proc;
 pub mod report;
@@ -44,9 +46,9 @@ pub struct BenchArgs {
     /// Guest memory, e.g. 128M [default: kiln run's].
     #[arg(long, value_parser = parse_memory)]
     pub memory: Option<String>,
-    /// Runs per runner and mode.
-    #[arg(long, default_value_t = 20)]
-    pub runs: usize,
+    /// Runs per runner and mode [default: 20; 3 with --io].
+    #[arg(long)]
+    pub runs: Option<usize>,
     /// Also run a batch this many at a time and report runs per second (when > 1).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -82,6 +84,38 @@ pub struct BenchArgs {
     /// "qemu-system-x86_64 -M microvm ...".
     #[arg(long = "other")]
     pub other: Vec<String>,
+    /// Measure virtio I/O instead of start-up: blk (virtio-blk on a temp file, next to
+    /// the host doing the same I/O) or net (virtio-net through a TAP; needs root).
+    #[arg(long, value_enum)]
+    pub io: Option<io::IoKind>,
+    /// --io blk: operation.
+    #[arg(long, value_enum, default_value = "read")]
+    pub io_op: io::host::BlkOp,
+    /// --io blk: KiB per run.
+    #[arg(long, default_value_t = 1024)]
+    pub io_kib: u64,
+    /// --io blk: bytes per request (multiple of 512).
+    #[arg(long, default_value_t = 4096)]
+    pub io_req: u64,
+    /// --io blk: requests in flight (1..=10).
+    #[arg(long, default_value_t = 1)]
+    pub io_qd: u64,
+    /// --io net: frames per run.
+    #[arg(long, default_value_t = 200)]
+    pub io_frames: u64,
+    /// --io net: frame length in bytes (60..=1514, no FCS).
+    #[arg(long, default_value_t = 1514)]
+    pub io_len: u64,
+    /// --io net: TAP to use (created and deleted unless it exists) [default: kb<pid>].
+    #[arg(long)]
+    pub tap: Option<String>,
+}
+
+impl BenchArgs {
+    /// `--runs` for the start-up benchmark.
+    pub fn startup_runs(&self) -> usize {
+        self.runs.unwrap_or(20)
+    }
 }
 
 fn parse_memory(s: &str) -> Result<String, crate::config::ConfigError> {
@@ -106,6 +140,9 @@ pub enum BenchError {
     /// `--other` was empty.
     #[error("--other needs a command")]
     OtherEmpty,
+    /// `--io` could not run.
+    #[error(transparent)]
+    Io(#[from] io::IoError),
     /// `--runs 0`.
     #[error("--runs must be at least 1")]
     NoRuns,
@@ -322,8 +359,9 @@ fn measure(
     }
     for c in modes {
         for r in &usable {
-            progress(&format!("{}: {} runs, {c} at a time", r.name, args.runs));
-            let b = run_batch(r, args.runs, c, scratch, timeout);
+            let runs = args.startup_runs();
+            progress(&format!("{}: {runs} runs, {c} at a time", r.name));
+            let b = run_batch(r, runs, c, scratch, timeout);
             reports.push(BatchReport::new(b));
         }
     }
@@ -331,7 +369,10 @@ fn measure(
 }
 
 fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
-    if args.runs == 0 {
+    if let Some(kind) = args.io {
+        return io::run(args, kind);
+    }
+    if args.startup_runs() == 0 {
         return Err(BenchError::NoRuns);
     }
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
@@ -371,7 +412,7 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
 
     let vm_ok = args.no_vm || vm_seq.is_some_and(|b| b.ok > 0);
     if let Some(path) = &args.plot {
-        let title = format!("kiln bench: {} runs per runner", args.runs);
+        let title = format!("kiln bench: {} runs per runner", args.startup_runs());
         write_file(path, &plot::svg(&title, &batches))?;
     }
     if let Some(path) = &args.json {
@@ -380,7 +421,7 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
             version: env!("CARGO_PKG_VERSION"),
             host: HostFacts::probe(),
             settings: Settings {
-                runs: args.runs,
+                runs: args.startup_runs(),
                 concurrency: args.concurrency,
                 warmup: args.warmup,
                 timeout_s: args.timeout,
@@ -428,7 +469,10 @@ mod tests {
     #[test]
     fn defaults_and_flags() {
         let t = T::try_parse_from(["t"]).unwrap();
-        assert_eq!((t.b.runs, t.b.concurrency, t.b.warmup), (20, 1, 1));
+        assert_eq!(
+            (t.b.startup_runs(), t.b.concurrency, t.b.warmup),
+            (20, 1, 1)
+        );
         assert_eq!(t.b.cmdline, "console=ttyS0");
         let t = T::try_parse_from([
             "t",
