@@ -19,7 +19,6 @@
 #define BENCH_BUF_SIZE (1u << 20)
 #define AVAIL_F_NO_INTERRUPT 1
 #define USED_F_NO_NOTIFY 1
-#define DEFAULT_SPIN 500000
 
 /* virtio-blk (§5.2.6). */
 #define VIRTIO_BLK_F_FLUSH 9
@@ -44,16 +43,6 @@
 #define LCG_SEED 0x4b494c4eULL
 
 static u8 *bench_buf(void) { return (u8 *)(uintptr_t)BENCH_BUF_ADDR; }
-
-static u64 spin_bound(void)
-{
-    const char *v;
-    size_t n;
-    u64 x;
-    if (cmdline_get("kiln.spin", &v, &n) && parse_u64(v, n, &x) && x > 0)
-        return x;
-    return DEFAULT_SPIN;
-}
 
 /* Token `key` in [lo, hi] (default `def` when absent); reports `check` FAIL when bad. */
 static bool bench_arg(const char *check, const char *key, u64 def, u64 lo, u64 hi, u64 *out)
@@ -184,7 +173,7 @@ void blkbench_run(const struct boot_info *bi)
     }
     q.avail->flags = AVAIL_F_NO_INTERRUPT;
     u64 cap = virtio_cfg64(&dev, 0);
-    u64 slots = cap * SECTOR / req, total = kib * 1024 / req, spin_max = spin_bound();
+    u64 slots = cap * SECTOR / req, total = kib * 1024 / req, spin_max = virtio_spin_limit();
     u64 sectors_per_req = req / SECTOR;
     if (slots == 0) {
         check_fail("blkbench", "disk of %lu sectors is smaller than one request",
@@ -330,7 +319,7 @@ void netbench_run(const struct boot_info *bi)
             (unsigned long)flen, nrx, ntx);
 
     u64 sent = 0, txd = 0, rx = 0, ignored = 0, bytes = 0, spins = 0, idle = 0;
-    u64 spin_max = spin_bound();
+    u64 spin_max = virtio_spin_limit();
     kprintf("KILN-BENCH start\n");
     while (txd < frames || rx < txd) {
         bool progress = false, added = false;

@@ -59,7 +59,7 @@ static unsigned vq_pages_used;
 static u32 rd(struct vdev *d, u32 off) { return mmio_read32(d->base + off); }
 static void wr(struct vdev *d, u32 off, u32 v) { mmio_write32(d->base + off, v); }
 
-static u64 spin_limit(void)
+u64 virtio_spin_limit(void)
 {
     const char *v;
     size_t n;
@@ -328,7 +328,7 @@ bool vq_poll(struct virtq *q, u32 *id, u32 *len)
 
 bool vq_wait(struct virtq *q, u32 *id, u32 *len)
 {
-    u64 limit = spin_limit();
+    u64 limit = virtio_spin_limit();
     for (u64 i = 0; i < limit; i++) {
         if (vq_poll(q, id, len))
             return true;

@@ -122,4 +122,7 @@ u32 virtio_cfg32(struct vdev *dev, u32 off);
 /* 64-bit field read as two 32-bit reads inside a ConfigGeneration retry loop (§2.5.1). */
 u64 virtio_cfg64(struct vdev *dev, u32 off);
 
+/* Poll bound for used-ring waits: kiln.spin=<n> or the default. */
+u64 virtio_spin_limit(void);
+
 #endif
