@@ -7,5 +7,5 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 bash resources/setup.sh --no-linux >/dev/null
 cargo build --release --quiet
-exec target/release/kiln run --kernel resources/out/guest/kiln-test-guest.elf --boot-timer \
+exec target/x86_64-unknown-linux-gnu/release/kiln run --kernel resources/out/guest/kiln-test-guest.elf --boot-timer \
     --cmdline "console=ttyS0 reboot=k panic=1 kiln.ram=$((128*1024*1024 - 0x60400)) kiln.cpus=1" "$@"
