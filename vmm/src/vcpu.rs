@@ -14,8 +14,10 @@ use boot::x86;
 use boot::{EntryPoint, GuestMemoryMmap};
 use devices::legacy::BootTimestamps;
 use devices::Bus;
-use kvm_bindings::{kvm_run, kvm_sregs, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET};
-use kvm_bindings::{KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN;
+use kvm_bindings::{
+    kvm_run, kvm_sregs, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -79,17 +81,22 @@ pub struct VcpuContext {
     pub pvm_host: bool,
 }
 
-/// Sets CPUID, MSRs, FPU, LAPIC LINT pins and, for the boot CPU, the entry registers.
+/// KVM's supported CPUID, queried once per VM and fixed up per vCPU by [`configure`].
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId> {
+    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))
+}
+
+/// Sets CPUID (from `supported`, fixed up for this vCPU), MSRs, FPU, LAPIC LINT pins and,
+/// for the boot CPU, the entry registers.
 pub fn configure(
-    kvm: &Kvm,
+    supported: &CpuId,
     vcpu: &VcpuFd,
     id: u8,
     cpus: u8,
     entry: Option<&EntryPoint>,
 ) -> Result<()> {
-    let mut cpuid = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut cpuid = supported.clone();
     x86::cpuid::fixup(&mut cpuid, id, cpus);
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
     let msrs = Msrs::from_entries(&x86::msr::boot_msr_entries())
@@ -240,7 +247,6 @@ fn describe_fault(
         })
         .map(|gpa| read_bytes(&ctx.mem, gpa, 16))
         .unwrap_or_default();
-    let _ = KVM_INTERNAL_ERROR_EMULATION;
     GuestFault {
         vcpu: id,
         reason: reason.to_string(),

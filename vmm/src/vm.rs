@@ -131,12 +131,13 @@ impl Vm {
             },
         )?;
         let mut vcpus = Vec::with_capacity(cpus as usize);
+        let cpuid = vcpu::supported_cpuid(&kvm)?;
         for id in 0..cpus {
             let v = fd
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let entry = (id == 0).then_some(&boot.entry);
-            vcpu::configure(&kvm, &v, id, cpus, entry)?;
+            vcpu::configure(&cpuid, &v, id, cpus, entry)?;
             vcpus.push(v);
         }
         Ok(Self {
