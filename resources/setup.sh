@@ -6,7 +6,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 need=()
-for tool in gcc:gcc ld:binutils python3:python3 make:make; do
+for tool in gcc:gcc ld:binutils python3:python3 make:make ip:iproute2; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then
