@@ -19,6 +19,7 @@ TOOL="$HERE/kernel_tool.py"
 export DEBIAN_FRONTEND=noninteractive
 
 fail() { echo "fetch-debian-kernel: $*" >&2; exit 1; }
+. "$HERE/debfetch.sh"
 
 summary() {
     info="$OUTDIR/kernel.info"
@@ -37,13 +38,7 @@ fi
 command -v python3 >/dev/null || fail "python3 is required"
 command -v dpkg-deb >/dev/null || fail "dpkg-deb is required"
 
-candidate() { apt-cache policy "$META" 2>/dev/null | sed -n 's/^ *Candidate: *//p'; }
-cand=$(candidate)
-if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then
-    apt-get update -qq >/dev/null || fail "apt-get update failed"
-    cand=$(candidate)
-    [ -n "$cand" ] && [ "$cand" != "(none)" ] || fail "no candidate for $META in the apt sources"
-fi
+ensure_candidate "$META"
 
 # The metapackage depends on exactly one versioned image package, e.g. linux-image-6.1.0-48-cloud-amd64.
 pkg=$(apt-cache depends "$META" | sed -n 's/^ *Depends: *\(linux-image-[^ ]*\).*/\1/p' | head -n1)
@@ -52,12 +47,7 @@ pkg=$(apt-cache depends "$META" | sed -n 's/^ *Depends: *\(linux-image-[^ ]*\).*
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 1' INT TERM
-# Download as root without the _apt sandbox (it cannot write to the private temp dir).
-(cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null) \
-    || fail "apt-get download $pkg failed"
-deb=$(ls "$tmp"/*.deb)
-pkgver=$(dpkg-deb -f "$deb" Version)
-dpkg-deb -x "$deb" "$tmp/root" || fail "dpkg-deb -x failed"
+fetch_deb "$pkg" "$tmp"
 
 set -- "$tmp"/root/boot/vmlinuz-*
 [ $# -eq 1 ] && [ -f "$1" ] || fail "expected exactly one /boot/vmlinuz-* in $pkg"

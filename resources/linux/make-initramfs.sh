@@ -20,6 +20,7 @@ PKG=busybox-static
 export DEBIAN_FRONTEND=noninteractive
 
 fail() { echo "make-initramfs: $*" >&2; exit 1; }
+. "$HERE/debfetch.sh"
 
 if [ -f "$OUT" ] && n=$(python3 "$TOOL" check "$OUT" "$INIT" 2>/dev/null); then
     echo "make-initramfs: up to date: $OUT ($(stat -c %s "$OUT") B, ${n#entries=} entries)" >&2
@@ -29,20 +30,12 @@ fi
 command -v python3 >/dev/null || fail "python3 is required"
 command -v dpkg-deb >/dev/null || fail "dpkg-deb is required"
 
-cand=$(apt-cache policy "$PKG" 2>/dev/null | sed -n 's/^ *Candidate: *//p')
-if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then
-    apt-get update -qq >/dev/null || fail "apt-get update failed"
-fi
+ensure_candidate "$PKG"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 1' INT TERM
-# Download as root without the _apt sandbox (it cannot write to the private temp dir).
-(cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$PKG" >/dev/null) \
-    || fail "apt-get download $PKG failed"
-deb=$(ls "$tmp"/*.deb)
-pkgver=$(dpkg-deb -f "$deb" Version)
-dpkg-deb -x "$deb" "$tmp/root" || fail "dpkg-deb -x failed"
+fetch_deb "$PKG" "$tmp"
 [ -f "$tmp/root/bin/busybox" ] || fail "$PKG has no /bin/busybox"
 
 python3 "$TOOL" build "$tmp/root/bin/busybox" "$INIT" "$tmp/initramfs.cpio.gz" \
