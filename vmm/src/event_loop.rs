@@ -116,6 +116,19 @@ pub fn block_stop_signals() -> Result<OwnedFd> {
     }
 }
 
+/// Unblocks [`STOP_SIGNALS`] in the calling thread (undoes [`block_stop_signals`]).
+pub fn unblock_stop_signals() {
+    // SAFETY: as in block_stop_signals, on a local signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Runs the event loop until the latch holds a reason.
 pub fn run_until_exit(em: &mut Manager, latch: &ExitLatch) -> Result<VmExit> {
     loop {

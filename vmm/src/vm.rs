@@ -78,6 +78,19 @@ impl Vm {
             true => Some(event_loop::block_stop_signals()?),
             false => None,
         };
+        let built = Self::build(cfg, serial, times, signals);
+        if built.is_err() && opts.handle_signals {
+            event_loop::unblock_stop_signals();
+        }
+        built
+    }
+
+    fn build(
+        cfg: &VmConfig,
+        serial: SerialIo,
+        times: Arc<BootTimestamps>,
+        signals: Option<OwnedFd>,
+    ) -> Result<Self> {
         let kvm = host::open_kvm()?;
         let max = host::max_vcpus(&kvm);
         if cfg.cpus > max {
