@@ -48,6 +48,14 @@ const DSDT_REVISION: u8 = 2;
 const XSDT_REVISION: u8 = 1;
 /// FADT flags bit 20: HW_REDUCED_ACPI.
 pub const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
+/// FADT flags bit 10: RESET_REG_SUP (the reset register below is valid).
+pub const FADT_RESET_REG_SUP: u32 = 1 << 10;
+/// The ACPI reset register: a byte write of 0xfe to I/O port 0x64, the i8042 pulse-reset
+/// command Kiln already treats as a guest reset (§5.2.3.2 Generic Address Structure:
+/// space 1 = system I/O, 8-bit register, offset 0, byte access, address).
+const RESET_REG_GAS: [u8; 12] = [1, 8, 0, 1, 0x64, 0, 0, 0, 0, 0, 0, 0];
+/// Value written to the reset register.
+const RESET_VALUE: u8 = 0xfe;
 /// IA-PC boot architecture flags (table 5.10): bit 1 "8042", bit 2 "VGA Not Present".
 pub const IAPC_BOOT_ARCH: u16 = (1 << 1) | (1 << 2);
 /// MADT flags bit 0: PCAT_COMPAT (dual 8259s present; KVM's in-kernel PIC is).
@@ -74,6 +82,8 @@ mod fadt_off {
     pub const DSDT: usize = 40;
     pub const IAPC_BOOT_ARCH: usize = 109;
     pub const FLAGS: usize = 112;
+    pub const RESET_REG: usize = 116;
+    pub const RESET_VALUE: usize = 128;
     pub const MINOR_VERSION: usize = 131;
     pub const X_DSDT: usize = 140;
     pub const HYPERVISOR_ID: usize = 268;
@@ -144,7 +154,11 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
     // The 32-bit field too, for older readers; ACPICA accepts both when they agree.
     put(fadt_off::DSDT, &(dsdt_addr as u32).to_le_bytes());
     put(fadt_off::IAPC_BOOT_ARCH, &IAPC_BOOT_ARCH.to_le_bytes());
-    put(fadt_off::FLAGS, &FADT_HW_REDUCED_ACPI.to_le_bytes());
+    let flags = FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP;
+    put(fadt_off::FLAGS, &flags.to_le_bytes());
+    // So `reboot=acpi` (Linux's first choice) resets through the i8042 too.
+    put(fadt_off::RESET_REG, &RESET_REG_GAS);
+    put(fadt_off::RESET_VALUE, &[RESET_VALUE]);
     put(fadt_off::MINOR_VERSION, &[FADT_MINOR]);
     put(fadt_off::X_DSDT, &dsdt_addr.to_le_bytes());
     put(fadt_off::HYPERVISOR_ID, b"KILNVMM\0");
@@ -335,6 +349,10 @@ mod tests {
         assert_eq!(f.len(), FADT_SIZE);
         assert_eq!((f[8], f[131]), (6, 4), "FADT revision 6.4");
         assert_ne!(u32_at(&f, 112) & FADT_HW_REDUCED_ACPI, 0);
+        assert_ne!(u32_at(&f, 112) & FADT_RESET_REG_SUP, 0);
+        assert_eq!(&f[116..120], &[1, 8, 0, 1]);
+        assert_eq!(u64::from_le_bytes(f[120..128].try_into().unwrap()), 0x64);
+        assert_eq!(f[128], 0xfe);
         assert_eq!(u16_at(&f, 109), IAPC_BOOT_ARCH);
         assert_eq!(u16_at(&f, 46), 0, "no SCI");
         let dsdt_addr = u64_at(&f, 140);
