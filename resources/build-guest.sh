@@ -5,6 +5,8 @@
 # Produces OUTDIR/kiln-test-guest.elf     ELF64, PT_LOAD at 0x100000, e_entry = 64-bit entry,
 #                                         Xen PVH note (XEN_ELFNOTE_PHYS32_ENTRY)
 #          OUTDIR/kiln-test-guest.bzImage the same program as a bzImage (64-bit entry at +0x200)
+#          OUTDIR/kiln-min.elf            the minimal PVH guest of the start-up benchmarks
+#                                         (guest/minimal/: serial byte, boot timer, reset)
 # Rebuilds only when a source (or this script) is newer than the outputs. Prints nothing but
 # errors; with --print, prints the absolute ELF path on stdout. Safe to run concurrently.
 set -eu
@@ -26,6 +28,7 @@ mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 ELF="$OUTDIR/kiln-test-guest.elf"
 BZ="$OUTDIR/kiln-test-guest.bzImage"
+MIN="$OUTDIR/kiln-min.elf"
 
 CC=${CC:-gcc}
 CFLAGS="-ffreestanding -nostdlib -mno-sse -mno-mmx -mno-popcnt -mno-red-zone -mno-sse2 \
@@ -34,10 +37,12 @@ CFLAGS="-ffreestanding -nostdlib -mno-sse -mno-mmx -mno-popcnt -mno-red-zone -mn
  -fno-tree-loop-distribute-patterns -fno-jump-tables -fno-builtin -std=gnu11 -Wall -Wextra -Werror"
 
 up_to_date() {
-    [ -f "$ELF" ] && [ -f "$BZ" ] || return 1
-    # Any source or this script newer than either output means rebuild.
-    [ -z "$(find "$SRC" "$HERE/build-guest.sh" -newer "$ELF" -type f 2>/dev/null | head -n1)" ] &&
-        [ -z "$(find "$SRC" "$HERE/build-guest.sh" -newer "$BZ" -type f 2>/dev/null | head -n1)" ]
+    for out in "$ELF" "$BZ" "$MIN"; do
+        [ -f "$out" ] || return 1
+        # Any source or this script newer than an output means rebuild.
+        [ -z "$(find "$SRC" "$HERE/build-guest.sh" -newer "$out" -type f 2>/dev/null | head -n1)" ] ||
+            return 1
+    done
 }
 
 build() {
@@ -53,6 +58,10 @@ build() {
     ld -nostdlib -static -no-pie --build-id=none -z max-page-size=0x1000 -z noexecstack \
         --no-warn-rwx-segments -T "$SRC/guest.ld" -o "$tmp/guest.elf" $objs
     python3 "$SRC/mkbzimage.py" "$tmp/guest.elf" "$tmp/guest.bzImage"
+    $CC -m64 -c "$SRC/minimal/min.S" -o "$tmp/min.o"
+    ld -nostdlib -static -no-pie --build-id=none -z max-page-size=0x1000 -z noexecstack \
+        -T "$SRC/minimal/min.ld" -o "$tmp/min.elf" "$tmp/min.o"
+    mv -f "$tmp/min.elf" "$MIN"
     mv -f "$tmp/guest.elf" "$ELF"
     mv -f "$tmp/guest.bzImage" "$BZ"
     rm -rf "$tmp"

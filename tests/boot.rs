@@ -108,6 +108,17 @@ fn memory_above_the_mmio_gap() {
 }
 
 #[test]
+fn minimal_benchmark_guest() {
+    // The start-up benchmark's guest: one serial byte, the boot timer, an i8042 reset.
+    let out = vm(&guest().min).spawn().unwrap().wait(VM_TIMEOUT).unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.log);
+    assert_eq!(out.serial, vec!["K".to_string()]);
+    let t = &out.timings;
+    let (run, timer) = (t.first_kvm_run_us.unwrap(), t.boot_timer_us.unwrap());
+    assert!(run <= timer, "{t:?}");
+}
+
+#[test]
 fn emulation_failure_is_reported() {
     let vm = vm(&guest().elf)
         .cmdline("console=ttyS0 kiln.mode=fault")

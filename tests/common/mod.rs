@@ -27,6 +27,8 @@ pub struct Guest {
     pub elf: PathBuf,
     /// bzImage format.
     pub bzimage: PathBuf,
+    /// The minimal PVH guest of the start-up benchmarks.
+    pub min: PathBuf,
 }
 
 /// Builds (if needed) and returns the test guest.
@@ -43,6 +45,7 @@ pub fn guest() -> &'static Guest {
         Guest {
             elf: out.join("kiln-test-guest.elf"),
             bzimage: out.join("kiln-test-guest.bzImage"),
+            min: out.join("kiln-min.elf"),
         }
     })
 }

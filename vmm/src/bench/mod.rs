@@ -26,15 +26,19 @@ use serde::Serialize;
 use report::{BatchReport, TargetCheck};
 use runners::{run_batch, Runner, Workload};
 
-/// Where `kiln bench` looks for the test guest, relative to the repository.
+/// The test guest (`--io` runs drive its virtio benchmark modes), relative to the repository.
 pub const DEFAULT_KERNEL: &str = "resources/out/guest/kiln-test-guest.elf";
+/// The start-up benchmark's default guest: the minimal PVH guest (one serial byte, the
+/// boot-timer write, an i8042 reset) that Kiln's targets and the anchors are defined with.
+pub const DEFAULT_STARTUP_KERNEL: &str = "resources/out/guest/kiln-min.elf";
 /// Where `resources/bench/setup-container.sh` puts the OCI bundle.
 pub const DEFAULT_BUNDLE: &str = "resources/out/bench/bundle";
 
 /// `kiln bench` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Guest kernel [default: resources/out/guest/kiln-test-guest.elf in the repository].
+    /// Guest kernel [default: the minimal PVH guest resources/out/guest/kiln-min.elf; with
+    /// --io, the test guest resources/out/guest/kiln-test-guest.elf].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
@@ -240,7 +244,8 @@ fn progress(msg: &str) {
 fn vm_runner(args: &BenchArgs, exe: &Path) -> Result<(Runner, PathBuf), BenchError> {
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
-        None => find_in_repo(DEFAULT_KERNEL).unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL)),
+        None => find_in_repo(DEFAULT_STARTUP_KERNEL)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STARTUP_KERNEL)),
     };
     if !kernel.is_file() {
         return Err(BenchError::KernelMissing(kernel));
