@@ -167,28 +167,31 @@ fn kvm_device_missing() {
 #[test]
 fn kvm_device_not_permitted() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to run kiln as an unprivileged user");
         return;
     }
-    use std::os::unix::process::CommandExt;
-    let kvm = Path::new("/dev/kvm");
-    let meta = std::fs::metadata(kvm).unwrap();
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let meta = std::fs::metadata(Path::new("/dev/kvm")).unwrap();
     if meta.permissions().mode() & 0o006 != 0 {
         eprintln!("skipped: /dev/kvm is world-accessible here");
         return;
     }
-    let out = Command::new(kiln_bin())
+    // The checkout may sit where an unprivileged user cannot reach it (e.g. under
+    // /root): run a copy of the binary from a world-readable temp dir.
+    let d = temp_dir("noperm");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = d.join("kiln");
+    std::fs::copy(kiln_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&bin)
         .args(["run", "--kernel", &elf(), "--serial", "none"])
+        .current_dir("/")
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
     assert_error(&out, &["permission denied", "kvm"]);
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    std::fs::remove_dir_all(d).unwrap();
 }
