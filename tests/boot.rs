@@ -274,6 +274,45 @@ fn parallel_vms_do_not_collide() {
 }
 
 #[test]
+fn config_file_and_serial_file() {
+    // A TOML config gives the VM; --serial file=PATH overrides its serial setting.
+    let d = temp_dir("cfgfile");
+    let cfg = d.join("vm.toml");
+    let log = d.join("serial.log");
+    std::fs::write(
+        &cfg,
+        format!(
+            "kernel = \"{}\"\ncmdline = \"console=ttyS0 kiln.cpus=2\"\ncpus = 2\n\
+             memory = \"64M\"\nserial = \"none\"\n",
+            guest().elf.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(kiln_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--serial")
+        .arg(format!("file={}", log.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "serial leaked to stdout");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    assert_checks(&lines, 1);
+    assert!(
+        text.contains("size=0x3f00000 type=1"),
+        "64M from the file: {text}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
 fn kiln_check_reports_the_host() {
     let out = std::process::Command::new(kiln_bin())
         .arg("check")
