@@ -21,6 +21,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::checksum::checksum;
 use crate::layout::{ACPI_RSDP_START, APIC_START, HIMEM_START, IOAPIC_START};
 use crate::mptable::MAX_CPUS;
 use crate::{BootError, GuestMemoryMmap};
@@ -87,11 +88,6 @@ mod fadt_off {
     pub const MINOR_VERSION: usize = 131;
     pub const X_DSDT: usize = 140;
     pub const HYPERVISOR_ID: usize = 268;
-}
-
-/// Byte that makes `bytes` sum to zero (mod 256).
-fn checksum(bytes: &[u8]) -> u8 {
-    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b)))
 }
 
 fn align(n: usize) -> usize {

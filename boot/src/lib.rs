@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod acpi;
+pub mod checksum;
 pub mod cmdline;
 pub mod e820;
 mod error;

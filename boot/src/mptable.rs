@@ -10,6 +10,7 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::checksum::checksum;
 use crate::layout::{APIC_START, HIMEM_START, IOAPIC_START, MPTABLE_START};
 use crate::{BootError, GuestMemoryMmap};
 
@@ -50,10 +51,6 @@ pub fn size(cpus: u8) -> usize {
         + HEADER_SIZE
         + CPU_ENTRY_SIZE * usize::from(cpus)
         + SMALL_ENTRY_SIZE * (2 + usize::from(IRQ_COUNT) + 2)
-}
-
-fn checksum(bytes: &[u8]) -> u8 {
-    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b)))
 }
 
 /// Builds the floating pointer followed by the configuration table, for placement at `base`.
