@@ -530,14 +530,9 @@ pub fn run(args: &BenchArgs, kind: IoKind) -> Result<bool, BenchError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_args::T;
     use super::*;
     use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        b: BenchArgs,
-    }
 
     fn settings(argv: &[&str]) -> Result<IoSettings, IoError> {
         let t = T::try_parse_from(argv).unwrap();

@@ -460,16 +460,24 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     }
 }
 
+/// `kiln bench` flags parsed from `argv` (tests of this module and its children).
+#[cfg(test)]
+pub(crate) mod test_args {
+    use super::BenchArgs;
+
+    /// A command whose only arguments are the bench flags.
+    #[derive(clap::Parser)]
+    pub(crate) struct T {
+        #[command(flatten)]
+        pub(crate) b: BenchArgs,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_args::T;
     use super::*;
     use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        b: BenchArgs,
-    }
 
     #[test]
     fn defaults_and_flags() {
