@@ -126,12 +126,13 @@ enum Step {
 /// Runs vCPU `id` until the VM stops. Called on the vCPU's own thread.
 pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
     KVM_RUN.with(|p| p.set(vcpu.get_kvm_run() as *mut kvm_run));
+    if id == 0 {
+        // Taken once, just before the first KVM_RUN (not on every exit).
+        BootTimestamps::mark(&ctx.times.first_kvm_run);
+    }
     loop {
         if ctx.stop.load(Ordering::Acquire) {
             break;
-        }
-        if id == 0 {
-            BootTimestamps::mark(&ctx.times.first_kvm_run);
         }
         let step = match vcpu.run() {
             Ok(exit) => handle_exit(exit, &ctx),

@@ -215,9 +215,7 @@ impl Block {
         let q = &mut act.queue;
         let mut used = false;
         loop {
-            let mut popped = 0usize;
             while let Some(chain) = q.pop_descriptor_chain(&*mem) {
-                popped += 1;
                 let head = chain.head_index();
                 let len = request::handle(&mut self.disk, &mem, chain);
                 if let Err(e) = q.add_used(&*mem, head, len) {
@@ -225,9 +223,11 @@ impl Block {
                 }
                 used = true;
             }
-            if !q.event_idx_enabled() || popped == 0 {
+            if !q.event_idx_enabled() {
                 break;
             }
+            // Publish avail_event (also when nothing was popped) and catch requests
+            // that arrived meanwhile.
             match q.enable_notification(&*mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
@@ -236,10 +236,6 @@ impl Block {
                     break;
                 }
             }
-        }
-        if q.event_idx_enabled() {
-            // Publish avail_event even when nothing was popped.
-            let _ = q.enable_notification(&*mem);
         }
         if used {
             match q.needs_notification(&*mem) {
