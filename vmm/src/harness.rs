@@ -442,18 +442,8 @@ enum Backend {
     },
 }
 
-/// Start-up milestones in microseconds since process start (`None`: not reached).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Timings {
-    /// VM built, vCPUs about to start.
-    pub vmm_ready_us: Option<u64>,
-    /// vCPU 0 entered `KVM_RUN`.
-    pub first_kvm_run_us: Option<u64>,
-    /// The guest wrote the boot-timer byte.
-    pub boot_timer_us: Option<u64>,
-    /// The VMM finished.
-    pub exit_us: Option<u64>,
-}
+/// Start-up milestones and memory of a run (the `kiln run --timings` record).
+pub use crate::timings::RunTimings as Timings;
 
 /// How a VM ended.
 #[derive(Debug, Clone)]
@@ -593,7 +583,7 @@ impl RunningVm {
                     }
                 };
                 let t = std::fs::read_to_string(&*timings).unwrap_or_default();
-                (status.code(), None, String::new(), parse_timings(&t))
+                (status.code(), None, String::new(), Timings::parse(&t))
             }
             Backend::InProcess {
                 thread,
@@ -617,12 +607,7 @@ impl RunningVm {
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                let timings = Timings {
-                    vmm_ready_us: times.since_start_us(&times.vmm_ready),
-                    first_kvm_run_us: times.since_start_us(&times.first_kvm_run),
-                    boot_timer_us: times.since_start_us(&times.boot_timer),
-                    exit_us: None,
-                };
+                let timings = Timings::collect(times, None, None, None);
                 match t.join() {
                     Ok(Ok(exit)) => (Some(exit.exit_code()), Some(exit), String::new(), timings),
                     Ok(Err(e)) => (Some(1), None, e.to_string(), timings),
@@ -670,18 +655,6 @@ impl Drop for RunningVm {
     }
 }
 
-/// Parses the `--timings` JSON that `kiln run` writes.
-pub fn parse_timings(json: &str) -> Timings {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
-    let get = |k: &str| v.get(k).and_then(|x| x.as_u64());
-    Timings {
-        vmm_ready_us: get("vmm_ready_us"),
-        first_kvm_run_us: get("first_kvm_run_us"),
-        boot_timer_us: get("boot_timer_us"),
-        exit_us: get("exit_us"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,14 +667,5 @@ mod tests {
         assert!(a.len() <= 15 && b.len() <= 15, "{a} {b}");
         assert!(a.starts_with("kiln"));
         assert!(unique_tap_name("ü").len() <= 15);
-    }
-
-    #[test]
-    fn timings_json() {
-        let t = parse_timings(r#"{"vmm_ready_us":10,"first_kvm_run_us":12,"boot_timer_us":null}"#);
-        assert_eq!(t.vmm_ready_us, Some(10));
-        assert_eq!(t.first_kvm_run_us, Some(12));
-        assert_eq!(t.boot_timer_us, None);
-        assert_eq!(parse_timings("garbage"), Timings::default());
     }
 }

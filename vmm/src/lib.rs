@@ -11,6 +11,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod host;
 pub mod memstats;
+pub mod timings;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

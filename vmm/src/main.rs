@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmm::config::{SerialConfig, VmConfig};
 use vmm::device_manager::SerialIo;
+use vmm::timings::RunTimings;
 use vmm::{RunOptions, Vm, VmExit};
 
 use cli::{Cli, Command, RunArgs};
@@ -69,8 +70,9 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
     drop(_raw);
     if let Some(path) = &args.timings {
         let stats = *devices::bus::lock(&mem_stats);
-        let json = timings_json(&times, end, result.as_ref().ok(), stats);
-        if let Err(e) = std::fs::write(path, json) {
+        let record = RunTimings::collect(&times, Some(end), result.as_ref().ok(), stats);
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, json + "\n") {
             log::warn!("cannot write timings to {}: {e}", path.display());
         }
     }
@@ -129,32 +131,4 @@ fn serial_io(cfg: &VmConfig) -> vmm::Result<(SerialIo, Option<terminal::RawMode>
             (io, None)
         }
     })
-}
-
-fn timings_json(
-    t: &devices::legacy::BootTimestamps,
-    end: u64,
-    exit: Option<&VmExit>,
-    mem: Option<vmm::memstats::MemStats>,
-) -> String {
-    let us = |f: &std::sync::atomic::AtomicU64| match t.since_start_us(f) {
-        Some(v) => v.to_string(),
-        None => "null".to_string(),
-    };
-    let start = t.process_start.load(std::sync::atomic::Ordering::Relaxed);
-    format!(
-        "{{\"process_start_ns\":{start},\"vmm_ready_us\":{},\"first_kvm_run_us\":{},\
-         \"boot_timer_us\":{},\"vm_stopped_us\":{},\"exit_us\":{},\"vmm_rss_kib\":{},\"vmm_pss_kib\":{},\
-         \"guest_rss_kib\":{},\"exit\":\"{}\"}}\n",
-        us(&t.vmm_ready),
-        us(&t.first_kvm_run),
-        us(&t.boot_timer),
-        us(&t.vm_stopped),
-        end.saturating_sub(start) / 1000,
-        mem.map_or("null".into(), |m| m.vmm_rss_kib.to_string()),
-        mem.map_or("null".into(), |m| m.vmm_pss_kib.to_string()),
-        mem.map_or("null".into(), |m| m.guest_rss_kib.to_string()),
-        exit.map(|e| e.to_string().replace('"', "'").replace('\n', " "))
-            .unwrap_or_default()
-    )
 }

@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::runners::{Batch, Sample, VmTimings};
+use super::runners::{Batch, Sample};
 use super::stats::Summary;
+use crate::timings::RunTimings;
 
 /// How a metric's raw values (µs or KiB) are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,7 +50,7 @@ pub struct Metric {
     pub summary: Summary,
 }
 
-type Extract = fn(&Sample, &VmTimings) -> Option<f64>;
+type Extract = fn(&Sample, &RunTimings) -> Option<f64>;
 
 fn diff(a: Option<u64>, b: Option<u64>) -> Option<f64> {
     Some(b? as f64 - a? as f64)
@@ -316,14 +317,14 @@ mod tests {
             exit_code: Some(0),
             ok: true,
             error: None,
-            vm: Some(VmTimings {
+            vm: Some(RunTimings {
                 vmm_ready_us: Some(ready),
                 first_kvm_run_us: Some(run),
                 boot_timer_us: Some(timer),
                 exit_us: Some(exit),
                 vmm_rss_kib: Some(2048),
                 vmm_pss_kib: Some(1024),
-                ..VmTimings::default()
+                ..RunTimings::default()
             }),
         }
     }

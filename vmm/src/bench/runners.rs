@@ -7,35 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::proc::{run_timed, Ended};
 use crate::devices_time::monotonic_ns;
 
-/// The `--timings` JSON of one `kiln run` (µs since process start; memory in KiB).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmTimings {
-    /// Process start, `CLOCK_MONOTONIC` ns.
-    pub process_start_ns: Option<u64>,
-    /// VM built, vCPUs about to start.
-    pub vmm_ready_us: Option<u64>,
-    /// vCPU 0 entered `KVM_RUN`.
-    pub first_kvm_run_us: Option<u64>,
-    /// The guest wrote the boot-timer byte.
-    pub boot_timer_us: Option<u64>,
-    /// The VM stopped (before vCPU and KVM teardown).
-    pub vm_stopped_us: Option<u64>,
-    /// The VMM finished running the VM.
-    pub exit_us: Option<u64>,
-    /// VMM resident memory outside guest RAM.
-    pub vmm_rss_kib: Option<u64>,
-    /// VMM proportional set size outside guest RAM.
-    pub vmm_pss_kib: Option<u64>,
-    /// Resident guest RAM.
-    pub guest_rss_kib: Option<u64>,
-    /// How the VM ended.
-    pub exit: Option<String>,
-}
+use crate::timings::RunTimings;
 
 /// One timed run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -55,7 +32,7 @@ pub struct Sample {
     pub error: Option<String>,
     /// Kiln's own timings (VM runs only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vm: Option<VmTimings>,
+    pub vm: Option<RunTimings>,
 }
 
 /// What a runner starts.
@@ -174,7 +151,7 @@ impl Runner {
     }
 }
 
-fn read_timings(path: &Path) -> Option<VmTimings> {
+fn read_timings(path: &Path) -> Option<RunTimings> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
 }
@@ -279,18 +256,5 @@ mod tests {
         assert_eq!(s.error.as_deref(), Some("exit code 3: boom"));
         let s = exec(&["/nonexistent/kiln-x"]).run_once(1, &dir, Duration::from_secs(10));
         assert!(!s.ok && s.error.unwrap_or_default().contains("cannot start"));
-    }
-
-    #[test]
-    fn parses_kiln_timings() {
-        let t: VmTimings = serde_json::from_str(
-            r#"{"process_start_ns":5,"vmm_ready_us":900,"first_kvm_run_us":950,
-                "boot_timer_us":null,"exit_us":12000,"vmm_rss_kib":2100,"vmm_pss_kib":1500,
-                "guest_rss_kib":300,"exit":"reset"}"#,
-        )
-        .unwrap();
-        assert_eq!(t.first_kvm_run_us, Some(950));
-        assert_eq!(t.boot_timer_us, None);
-        assert_eq!(t.exit.as_deref(), Some("reset"));
     }
 }
