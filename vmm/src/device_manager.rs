@@ -39,6 +39,8 @@ pub struct DeviceManager {
     pub reset_evt: EventFd,
     /// Written on Ctrl-A x.
     pub quit_evt: EventFd,
+    /// The virtio devices' threads (stopped and joined when dropped).
+    pub device_threads: Vec<devices::virtio::DeviceThread>,
     next_slot: u64,
     next_irq: u32,
 }
@@ -52,6 +54,7 @@ impl DeviceManager {
             cmdline_extra: Vec::new(),
             reset_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating reset eventfd"))?,
             quit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating quit eventfd"))?,
+            device_threads: Vec::new(),
             next_slot: 0,
             next_irq: layout::VIRTIO_IRQ_BASE,
         })

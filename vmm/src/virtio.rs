@@ -1,5 +1,6 @@
 //! Attaches the configured virtio-blk and virtio-net devices: one virtio-mmio slot and
-//! GSI each, QueueNotify on ioeventfds, interrupts on irqfds, queues on the event loop.
+//! GSI each, QueueNotify on ioeventfds, interrupts on irqfds, queues on a thread of the
+//! device's own (so disk and network I/O never hold up the event loop or a vCPU).
 
 use std::sync::{Arc, Mutex};
 
@@ -7,14 +8,12 @@ use boot::GuestMemoryMmap;
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::Net;
-use devices::virtio::{MmioTransport, VirtioDevice, VirtioSubscriber};
-use event_manager::SubscriberOps;
+use devices::virtio::{DeviceThread, MmioTransport, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 
 use crate::config::{parse_mac, NetConfig, VmConfig};
 use crate::device_manager::DeviceManager;
 use crate::error::{kvm_err, Error, Result};
-use crate::event_loop::Manager;
 
 /// Attaches every disk and net from `cfg`, disks first, in the order given.
 pub fn attach_all(
@@ -22,21 +21,20 @@ pub fn attach_all(
     vm: &VmFd,
     mem: &Arc<GuestMemoryMmap>,
     devices: &mut DeviceManager,
-    em: &mut Manager,
 ) -> Result<()> {
-    for disk in &cfg.disks {
+    for (i, disk) in cfg.disks.iter().enumerate() {
         let dev = Block::new(BlockConfig {
             path: disk.path.clone(),
             read_only: disk.readonly,
             id: disk.id.clone(),
         })
         .map_err(|e| Error::Device(e.to_string()))?;
-        attach(dev, vm, mem, devices, em)?;
+        attach(dev, &format!("kiln-blk{i}"), vm, mem, devices)?;
     }
-    for net in &cfg.nets {
+    for (i, net) in cfg.nets.iter().enumerate() {
         let tap = Tap::open(&net.tap).map_err(|e| Error::Device(e.to_string()))?;
         let dev = Net::new(tap, mac_for(net)).map_err(|e| Error::Device(e.to_string()))?;
-        attach(dev, vm, mem, devices, em)?;
+        attach(dev, &format!("kiln-net{i}"), vm, mem, devices)?;
     }
     Ok(())
 }
@@ -55,29 +53,33 @@ pub fn mac_for(net: &NetConfig) -> [u8; 6] {
 
 fn attach<D: VirtioDevice + Send + 'static>(
     dev: D,
+    name: &str,
     vm: &VmFd,
     mem: &Arc<GuestMemoryMmap>,
     devices: &mut DeviceManager,
-    em: &mut Manager,
 ) -> Result<()> {
     let (base, gsi) = devices.next_virtio_slot()?;
     let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
     let transport =
         MmioTransport::new(dev, mem.clone(), irq).map_err(|e| Error::Device(e.to_string()))?;
-    let transport = Arc::new(Mutex::new(transport));
-    {
-        let t = devices::bus::lock(&transport);
-        for (addr, datamatch, evt) in t.ioevents(base) {
-            vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
-                .map_err(kvm_err("KVM_IOEVENTFD"))?;
-        }
+    for (addr, datamatch, evt) in transport.ioevents(base) {
+        vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(kvm_err("KVM_IOEVENTFD"))?;
     }
+    let worker = transport
+        .worker()
+        .and_then(|w| DeviceThread::spawn(name, w))
+        .map_err(|e| Error::Device(e.to_string()))?;
+    devices.device_threads.push(worker);
     devices
         .mmio
-        .insert(transport.clone(), base, boot::layout::VIRTIO_MMIO_SIZE)
+        .insert(
+            Arc::new(Mutex::new(transport)),
+            base,
+            boot::layout::VIRTIO_MMIO_SIZE,
+        )
         .map_err(|e| Error::Device(e.to_string()))?;
-    em.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber::new(transport))));
-    log::debug!("virtio-mmio device at {base:#x}, GSI {gsi}");
+    log::debug!("virtio-mmio device at {base:#x}, GSI {gsi}, thread {name}");
     Ok(())
 }
 

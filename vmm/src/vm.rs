@@ -117,7 +117,7 @@ impl Vm {
         let mut em = Manager::new().map_err(|e| Error::EventLoop(format!("{e:?}")))?;
         let mut devices = DeviceManager::new()?;
         devices.attach_legacy(&fd, &mut em, serial, times.clone())?;
-        crate::virtio::attach_all(cfg, &fd, &mem, &mut devices, &mut em)?;
+        crate::virtio::attach_all(cfg, &fd, &mem, &mut devices)?;
 
         let mut cmdline = cfg.cmdline.trim().to_string();
         for extra in &devices.cmdline_extra {

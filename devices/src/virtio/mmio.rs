@@ -1,14 +1,17 @@
 //! The virtio-mmio transport, modern register layout (version 2, virtio 1.2 §4.2.2).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{debug, error, info, warn};
+use log::{debug, error, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{features, has, status, Error, Interrupt, Mem, VirtioDevice, INT_CONFIG};
-use crate::bus::BusDevice;
+use super::{
+    features, has, read_config_bytes, status, Error, Interrupt, Mem, VirtioDevice,
+    VirtioSubscriber, INT_CONFIG,
+};
+use crate::bus::{lock, BusDevice};
 use crate::irq::IrqTrigger;
 
 /// `MagicValue`: "virt" little-endian.
@@ -73,10 +76,15 @@ fn set_high(v: &mut u64, high: u32) {
 
 /// A virtio device behind the MMIO register block (one 4 KiB slot).
 ///
-/// The VMM shares it as `Arc<Mutex<MmioTransport<D>>>`: with the MMIO bus (as a
-/// [`crate::bus::SharedDevice`]) and with a [`super::VirtioSubscriber`] on the event loop.
+/// The MMIO bus owns it (as a [`crate::bus::SharedDevice`]); the device model inside is
+/// shared with the device's thread ([`MmioTransport::worker`]). The device's identity,
+/// features and configuration space are copied here once, so register reads never
+/// wait for a queue pass.
 pub struct MmioTransport<D: VirtioDevice> {
-    device: D,
+    device: Arc<Mutex<D>>,
+    device_type: u32,
+    device_features: u64,
+    config: Vec<u8>,
     mem: Mem,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
@@ -106,7 +114,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queues,
             queue_evts,
             activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
-            device,
+            device_type: device.device_type(),
+            device_features: device.features(),
+            config: device.config_space().to_vec(),
+            device: Arc::new(Mutex::new(device)),
             mem,
             interrupt: Arc::new(Interrupt::new(irq)),
             status: 0,
@@ -144,14 +155,40 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.activated
     }
 
-    /// The device model.
-    pub fn device(&self) -> &D {
-        &self.device
+    /// The device model (locked: waits for a queue pass in progress).
+    pub fn device(&self) -> MutexGuard<'_, D> {
+        lock(&self.device)
     }
 
-    /// The device model, mutably.
-    pub fn device_mut(&mut self) -> &mut D {
-        &mut self.device
+    /// The subscriber that runs this device's queues and backend, for a
+    /// [`super::DeviceThread`] (or any event loop).
+    pub fn worker(&self) -> Result<VirtioSubscriber<D>, Error> {
+        let evts = self
+            .queue_evts
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::EventFd)?;
+        let activate = self.activate_evt.try_clone().map_err(Error::EventFd)?;
+        Ok(VirtioSubscriber::new(self.device.clone(), evts, activate))
+    }
+
+    /// Runs, on the calling thread, one pass of every queue notified since the last
+    /// call (for tests and fuzzing; a running VM uses [`MmioTransport::worker`]).
+    /// Returns the number of passes.
+    pub fn run_queues(&mut self) -> usize {
+        if !self.activated {
+            return 0;
+        }
+        let mut dev = lock(&self.device);
+        let mut passes = 0;
+        for (i, evt) in self.queue_evts.iter().enumerate() {
+            if evt.read().is_ok() {
+                dev.process_queue(i);
+                passes += 1;
+            }
+        }
+        passes
     }
 
     /// The current device status register.
@@ -161,6 +198,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// Tells the driver the configuration space changed (bumps `ConfigGeneration`).
     pub fn notify_config_change(&mut self) {
+        self.config = lock(&self.device).config_space().to_vec();
         self.config_generation = self.config_generation.wrapping_add(1);
         self.interrupt.signal(INT_CONFIG);
     }
@@ -175,12 +213,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn reset(&mut self) {
         if self.activated || self.status != 0 {
-            info!(
-                "virtio-mmio: device type {} reset",
-                self.device.device_type()
-            );
+            debug!("virtio-mmio: device type {} reset", self.device_type);
         }
-        self.device.reset();
+        lock(&self.device).reset();
         for q in &mut self.queues {
             q.reset();
         }
@@ -233,7 +268,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn negotiate(&mut self) -> bool {
-        let offered = self.device.features();
+        let offered = self.device_features;
         let f = self.driver_features;
         if !has(f, features::VIRTIO_F_VERSION_1) {
             warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1; FEATURES_OK refused");
@@ -246,7 +281,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             );
             return false;
         }
-        self.device.ack_features(f);
+        lock(&self.device).ack_features(f);
         true
     }
 
@@ -269,9 +304,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 }
             }
         }
-        let res = self
-            .device
-            .activate(self.mem.clone(), queues, self.interrupt.clone());
+        let res = lock(&self.device).activate(self.mem.clone(), queues, self.interrupt.clone());
         match res {
             Ok(()) => {
                 self.activated = true;
@@ -338,16 +371,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
         match offset {
             reg::MAGIC => MMIO_MAGIC,
             reg::VERSION => MMIO_VERSION,
-            reg::DEVICE_ID => self.device.device_type(),
+            reg::DEVICE_ID => self.device_type,
             reg::VENDOR_ID => VENDOR_ID,
             reg::DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
+                0 => self.device_features as u32,
+                1 => (self.device_features >> 32) as u32,
                 _ => 0,
             },
             reg::QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
             reg::QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS if self.interrupt.needs_reset() => self.status | status::DEVICE_NEEDS_RESET,
             reg::STATUS => self.status,
             reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH => u32::MAX, // no shared memory regions
             reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => u32::MAX,
@@ -439,7 +473,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
                 data.fill(0);
                 return;
             }
-            self.device.read_config(offset - CONFIG_OFFSET, data);
+            read_config_bytes(&self.config, offset - CONFIG_OFFSET, data);
             return;
         }
         if data.len() != 4 || offset & 3 != 0 {
@@ -459,10 +493,8 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
                 warn!("virtio-mmio: write at {offset:#x} outside the slot");
                 return;
             }
-            if self.status & status::FAILED != 0 {
-                return;
-            }
-            self.device.write_config(offset - CONFIG_OFFSET, data);
+            // No device of Kiln's has a driver-writable configuration field.
+            warn!("virtio-mmio: configuration write at {offset:#x} ignored (read-only)");
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {

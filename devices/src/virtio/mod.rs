@@ -8,48 +8,62 @@
 //! ```ignore
 //! use std::sync::{Arc, Mutex};
 //! use devices::virtio::{block::{Block, BlockConfig}, net::{Net, tap::Tap}};
-//! use devices::virtio::{MmioTransport, VirtioSubscriber};
+//! use devices::virtio::{DeviceThread, MmioTransport};
 //!
 //! // 1. A device (errors are `virtio::Error`, naming the path / interface and the fix).
 //! let blk = Block::new(BlockConfig { path: "disk.img".into(), read_only: false, id: None })?;
-//! let net = Net::new(Tap::open("tap0")?, [0x52, 0x54, 0, 0x12, 0x34, 0x56])?;
 //!
 //! // 2. Wrap it in the transport with the guest memory and its interrupt line.
 //! let irq = Arc::new(IrqLine::new(gsi)?);          // register irq.evt with KVM_IRQFD on gsi
-//! let t = Arc::new(Mutex::new(MmioTransport::new(blk, mem.clone(), irq)?));
+//! let t = MmioTransport::new(blk, mem.clone(), irq)?;
 //!
-//! // 3. The bus device: `t.clone()` coerces to `devices::bus::SharedDevice`.
-//! mmio_bus.insert(t.clone(), base, 0x1000)?;
-//!
-//! // 4. ioeventfds: one per queue, datamatch = queue index, on base + 0x50 (QueueNotify).
-//! for (addr, datamatch, evt) in t.lock().unwrap().ioevents(base) {
+//! // 3. ioeventfds: one per queue, datamatch = queue index, on base + 0x50 (QueueNotify).
+//! for (addr, datamatch, evt) in t.ioevents(base) {
 //!     vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)?;
 //! }
 //!
-//! // 5. The event-loop subscriber (queue eventfds, TAP fd; registered in `init`).
-//! let sub: Arc<Mutex<dyn MutEventSubscriber + Send>> =
-//!     Arc::new(Mutex::new(VirtioSubscriber::new(t.clone())));
-//! event_manager.add_subscriber(sub);
+//! // 4. The device's own thread (queue eventfds, backend fds such as a TAP).
+//! let worker = DeviceThread::spawn("blk0", t.worker()?)?;
+//!
+//! // 5. The bus device: vCPUs reach the registers through it.
+//! mmio_bus.insert(Arc::new(Mutex::new(t)), base, 0x1000)?;
 //! ```
 //!
 //! The kernel command line gets `virtio_mmio.device=4K@0x<base>:<gsi>` per device.
 //!
-//! At VMM exit nothing needs calling: dropping the transport closes the disk file (its
-//! `flock` is released) and the TAP fd (a TAP created by Kiln disappears with it, a
-//! pre-existing persistent one stays).
+//! # Threads and locks
 //!
-//! Queue processing always runs on the event-loop thread: a QueueNotify write that
-//! reaches the bus (no ioeventfd registered) just signals that queue's eventfd.
+//! Each device runs its queues on its own thread ([`DeviceThread`]), so disk or network
+//! I/O never delays the event loop (signals, serial input) or another device. The
+//! device model sits behind its own mutex, shared by the transport and the device
+//! thread. Register accesses a vCPU makes while the device works (`InterruptStatus`,
+//! `InterruptACK`, `QueueNotify`, configuration space, feature and queue registers)
+//! never take that mutex: only status writes that activate or reset the device do, and
+//! a queue pass is bounded ([`queue::PassBudget`]), so they wait at most one pass.
+//!
+//! # Errors the driver causes
+//!
+//! A malformed request (bad chain, buffer outside guest memory) fails that request. An
+//! error the driver cannot recover from (an available index more than the queue size
+//! ahead, a head index outside the ring) puts the device in `DEVICE_NEEDS_RESET`
+//! (§2.1.2): a configuration-change interrupt is raised and the device processes
+//! nothing more until the driver resets it.
+//!
+//! At VMM exit dropping the [`DeviceThread`] stops and joins it; dropping the transport
+//! closes the disk file (its `flock` is released) and the TAP fd (a TAP created by Kiln
+//! disappears with it, a pre-existing persistent one stays).
 
 pub mod block;
 mod chain;
 pub mod mmio;
 pub mod net;
+pub mod queue;
 mod subscriber;
+mod worker;
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use event_manager::EventSet;
@@ -60,6 +74,7 @@ use crate::irq::IrqTrigger;
 
 pub use mmio::MmioTransport;
 pub use subscriber::VirtioSubscriber;
+pub use worker::DeviceThread;
 
 /// Guest memory as the virtio devices hold it.
 pub type Mem = Arc<GuestMemoryMmap<()>>;
@@ -155,6 +170,12 @@ pub enum Error {
     /// The device rejected activation.
     #[error("device activation failed: {0}")]
     Activate(String),
+    /// A device thread could not be started.
+    #[error("cannot start a device thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// A device thread's event loop could not be built.
+    #[error("cannot build a device thread's event loop: {0}")]
+    EventLoop(#[source] event_manager::Error),
 }
 
 /// A device's interrupt: the MMIO `InterruptStatus` register plus the line it raises.
@@ -163,6 +184,7 @@ pub enum Error {
 /// activated device (which sets bits and triggers).
 pub struct Interrupt {
     status: AtomicU32,
+    needs_reset: AtomicBool,
     irq: Arc<dyn IrqTrigger>,
 }
 
@@ -176,6 +198,7 @@ impl Interrupt {
     pub fn new(irq: Arc<dyn IrqTrigger>) -> Self {
         Self {
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             irq,
         }
     }
@@ -203,15 +226,33 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Puts the device in `DEVICE_NEEDS_RESET` (§2.1.2) and raises a configuration-change
+    /// interrupt. Returns false when it already was (the caller logs only the first time).
+    pub fn set_needs_reset(&self) -> bool {
+        let first = !self.needs_reset.swap(true, Ordering::SeqCst);
+        if first {
+            self.signal(INT_CONFIG);
+        }
+        first
+    }
+
+    /// Whether the device asked for a reset since the last one.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
     fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
 
 /// A virtio device model behind [`MmioTransport`].
 ///
-/// Queue and backend processing runs on the event-loop thread through
-/// [`VirtioSubscriber`]; everything else is driven by the transport's register accesses.
+/// Queue and backend processing runs on the device's own thread through
+/// [`VirtioSubscriber`]; activation and reset come from the transport's status register.
+/// The identity, features and configuration space are read once, when the transport is
+/// built, so register reads never wait for the device.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (§5).
     fn device_type(&self) -> u32;
@@ -222,10 +263,9 @@ pub trait VirtioDevice: Send {
     /// The features the driver accepted (a subset of [`VirtioDevice::features`] that
     /// includes `VIRTIO_F_VERSION_1`), at FEATURES_OK.
     fn ack_features(&mut self, features: u64);
-    /// Reads the device configuration space at `offset`.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device configuration space at `offset`.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The device configuration space (§4.2.2 offset 0x100 on); Kiln's devices have no
+    /// driver-writable fields, so the transport ignores configuration writes.
+    fn config_space(&self) -> &[u8];
     /// Starts the device at DRIVER_OK with validated, ready queues.
     fn activate(
         &mut self,
@@ -235,8 +275,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), Error>;
     /// Returns the device to its pre-activation state (drops queues and memory).
     fn reset(&mut self);
-    /// Handles a driver notification of queue `index` (only called once activated).
-    fn process_queue(&mut self, index: usize);
+    /// Handles a driver notification of queue `index`: one bounded pass. Returns true
+    /// when work is left for another pass (the caller comes back after other events).
+    fn process_queue(&mut self, index: usize) -> bool;
     /// Host fds the device wants watched (e.g. a TAP); index = position in the list.
     fn backend_fds(&self) -> Vec<RawFd> {
         Vec::new()
@@ -245,8 +286,12 @@ pub trait VirtioDevice: Send {
     fn backend_interest(&self, _index: usize) -> EventSet {
         EventSet::empty()
     }
-    /// Handles readiness `events` on backend fd `index` (only called once activated).
-    fn process_backend(&mut self, _index: usize, _events: EventSet) {}
+    /// Handles readiness `events` on backend fd `index` (one bounded pass; a device that
+    /// is not active ignores them). Returns true when queue work is left for another
+    /// pass (every queue is then signalled again).
+    fn process_backend(&mut self, _index: usize, _events: EventSet) -> bool {
+        false
+    }
 }
 
 /// Whether `features` has every bit of `bit`.

@@ -1,11 +1,13 @@
-//! The event-loop side of a virtio device: queue eventfds and backend fds.
+//! The device-thread side of a virtio device: queue eventfds and backend fds.
 
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use log::{error, warn};
+use log::error;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::{MmioTransport, VirtioDevice};
+use super::VirtioDevice;
 use crate::bus::lock;
 
 /// `Events::data` of the activation eventfd.
@@ -13,46 +15,52 @@ const TOKEN_ACTIVATE: u32 = 0x1_0000;
 /// `Events::data` of backend fd `i` is `TOKEN_BACKEND + i`.
 const TOKEN_BACKEND: u32 = 0x2_0000;
 
-/// An `event_manager` subscriber driving one [`MmioTransport`]'s device.
+/// An `event_manager` subscriber driving one device model; built by
+/// [`super::MmioTransport::worker`] and run by a [`super::DeviceThread`].
 ///
 /// `init` registers every queue eventfd (`data` = queue index) and the transport's
 /// activation eventfd. Backend fds (a TAP) are added, modified and removed after each
-/// event to match [`VirtioDevice::backend_interest`]; before activation none is watched.
+/// event to match [`VirtioDevice::backend_interest`] (empty while the device is not
+/// active). It never takes the transport's lock, only the device model's.
 pub struct VirtioSubscriber<D: VirtioDevice> {
-    transport: Arc<Mutex<MmioTransport<D>>>,
+    device: Arc<Mutex<D>>,
+    queue_evts: Vec<EventFd>,
+    activate_evt: EventFd,
+    backend_fds: Vec<RawFd>,
     backend: Vec<EventSet>,
 }
 
 impl<D: VirtioDevice> VirtioSubscriber<D> {
-    /// A subscriber for `transport` (the same `Arc` the bus holds).
-    pub fn new(transport: Arc<Mutex<MmioTransport<D>>>) -> Self {
+    pub(super) fn new(
+        device: Arc<Mutex<D>>,
+        queue_evts: Vec<EventFd>,
+        activate_evt: EventFd,
+    ) -> Self {
+        let backend_fds = lock(&device).backend_fds();
         Self {
-            transport,
-            backend: Vec::new(),
+            backend: vec![EventSet::empty(); backend_fds.len()],
+            device,
+            queue_evts,
+            activate_evt,
+            backend_fds,
         }
     }
 
     /// Brings the epoll registration of the backend fds in line with the device's wishes.
-    fn sync_backends(&mut self, t: &MmioTransport<D>, ops: &mut EventOps) {
-        let fds = t.device().backend_fds();
-        self.backend.resize(fds.len(), EventSet::empty());
-        for (i, &fd) in fds.iter().enumerate() {
-            let want = if t.is_activated() {
-                t.device().backend_interest(i)
-            } else {
-                EventSet::empty()
-            };
+    fn sync_backends(&mut self, dev: &D, ops: &mut EventOps) {
+        for (i, &fd) in self.backend_fds.iter().enumerate() {
+            let want = dev.backend_interest(i);
             let have = self.backend[i];
             if want == have {
                 continue;
             }
-            let ev = Events::with_data_raw(fd, TOKEN_BACKEND + i as u32, want);
+            let token = TOKEN_BACKEND + i as u32;
             let res = if have.is_empty() {
-                ops.add(ev)
+                ops.add(Events::with_data_raw(fd, token, want))
             } else if want.is_empty() {
-                ops.remove(Events::with_data_raw(fd, TOKEN_BACKEND + i as u32, have))
+                ops.remove(Events::with_data_raw(fd, token, have))
             } else {
-                ops.modify(ev)
+                ops.modify(Events::with_data_raw(fd, token, want))
             };
             match res {
                 Ok(()) => self.backend[i] = want,
@@ -64,45 +72,44 @@ impl<D: VirtioDevice> VirtioSubscriber<D> {
 
 impl<D: VirtioDevice> MutEventSubscriber for VirtioSubscriber<D> {
     fn init(&mut self, ops: &mut EventOps) {
-        let transport = self.transport.clone();
-        let t = lock(&transport);
-        for (i, evt) in t.queue_evts().iter().enumerate() {
+        for (i, evt) in self.queue_evts.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
                 error!("virtio: cannot watch queue {i} eventfd: {e}");
             }
         }
-        if let Err(e) = ops.add(Events::with_data(
-            t.activate_evt(),
-            TOKEN_ACTIVATE,
-            EventSet::IN,
-        )) {
+        let activate = Events::with_data(&self.activate_evt, TOKEN_ACTIVATE, EventSet::IN);
+        if let Err(e) = ops.add(activate) {
             error!("virtio: cannot watch the activation eventfd: {e}");
         }
-        self.sync_backends(&t, ops);
+        let device = self.device.clone();
+        let dev = lock(&device);
+        self.sync_backends(&dev, ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let transport = self.transport.clone();
-        let mut t = lock(&transport);
+        let device = self.device.clone();
+        let mut dev = lock(&device);
         let token = events.data();
-        let nq = t.queue_evts().len();
-        if (token as usize) < nq {
-            let i = token as usize;
+        if let Some(evt) = self.queue_evts.get(token as usize) {
             // Drain the counter; EAGAIN just means another pass already did.
-            let _ = t.queue_evts()[i].read();
-            if t.is_activated() {
-                t.device_mut().process_queue(i);
+            let _ = evt.read();
+            if dev.process_queue(token as usize) {
+                // Work left: come back after the other ready events.
+                if let Err(e) = evt.write(1) {
+                    error!("virtio: cannot re-signal queue {token}: {e}");
+                }
             }
         } else if token == TOKEN_ACTIVATE {
-            let _ = t.activate_evt().read();
-        } else if token >= TOKEN_BACKEND {
-            let i = (token - TOKEN_BACKEND) as usize;
-            if t.is_activated() {
-                t.device_mut().process_backend(i, events.event_set());
+            let _ = self.activate_evt.read();
+        } else if let Some(i) = token.checked_sub(TOKEN_BACKEND) {
+            if dev.process_backend(i as usize, events.event_set()) {
+                for (q, evt) in self.queue_evts.iter().enumerate() {
+                    if let Err(e) = evt.write(1) {
+                        error!("virtio: cannot re-signal queue {q}: {e}");
+                    }
+                }
             }
-        } else {
-            warn!("virtio: event with unknown token {token:#x}");
         }
-        self.sync_backends(&t, ops);
+        self.sync_backends(&dev, ops);
     }
 }

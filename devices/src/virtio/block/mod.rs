@@ -14,12 +14,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::{error, warn};
+use log::warn;
 use virtio_queue::{Queue, QueueT};
 
 use super::{
     features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX},
-    has, read_config_bytes, Error, Interrupt, Mem, VirtioDevice, TYPE_BLOCK,
+    has,
+    queue::{self, PassBudget, PassEnd},
+    Error, Interrupt, Mem, VirtioDevice, TYPE_BLOCK,
 };
 
 /// `VIRTIO_BLK_F_SEG_MAX`: `seg_max` is valid.
@@ -206,46 +208,54 @@ impl Block {
         self.disk.nsectors
     }
 
-    /// Handles every available request, raising at most one interrupt.
-    fn process(&mut self) {
+    /// One bounded pass over the request queue, raising at most one interrupt.
+    /// Returns true when requests are left for another pass.
+    fn process(&mut self) -> bool {
         let Some(act) = self.active.as_mut() else {
-            return;
+            return false;
         };
+        if act.interrupt.needs_reset() {
+            return false;
+        }
         let mem = act.mem.clone();
         let q = &mut act.queue;
+        let mut budget = PassBudget::new(q.size());
         let mut used = false;
-        loop {
-            while let Some(chain) = q.pop_descriptor_chain(&*mem) {
-                let head = chain.head_index();
-                let len = request::handle(&mut self.disk, &mem, chain);
-                if let Err(e) = q.add_used(&*mem, head, len) {
-                    error!("virtio-blk: cannot return descriptor {head}: {e}");
+        let end = loop {
+            match queue::pop(q, &mem) {
+                Ok(Some(chain)) => {
+                    let head = chain.head_index();
+                    let (len, moved) = request::handle(&mut self.disk, &mem, chain);
+                    if let Err(e) = queue::add_used(q, &mem, head, len) {
+                        break PassEnd::Broken(e);
+                    }
+                    used = true;
+                    if !budget.spend(moved) {
+                        break PassEnd::Yielded;
+                    }
                 }
-                used = true;
+                // Publish avail_event and catch requests that arrived meanwhile.
+                Ok(None) => match queue::rearm(q, &mem) {
+                    Ok(true) if budget.turn() => continue,
+                    Ok(true) => break PassEnd::Yielded,
+                    Ok(false) => break PassEnd::Drained,
+                    Err(e) => break PassEnd::Broken(e),
+                },
+                Err(e) => break PassEnd::Broken(e),
             }
-            if !q.event_idx_enabled() {
-                break;
-            }
-            // Publish avail_event (also when nothing was popped) and catch requests
-            // that arrived meanwhile.
-            match q.enable_notification(&*mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    error!("virtio-blk: cannot re-enable notifications: {e}");
-                    break;
-                }
-            }
-        }
+        };
         if used {
-            match q.needs_notification(&*mem) {
-                Ok(true) => act.interrupt.signal_used(),
-                Ok(false) => {}
-                Err(e) => {
-                    error!("virtio-blk: cannot read used_event: {e}");
-                    act.interrupt.signal_used();
+            queue::notify_used(q, &mem, &act.interrupt);
+        }
+        match end {
+            PassEnd::Yielded => true,
+            PassEnd::Broken(e) => {
+                if act.interrupt.set_needs_reset() {
+                    warn!("virtio-blk: {e}; device needs a reset");
                 }
+                false
             }
+            PassEnd::Drained | PassEnd::Blocked => false,
         }
     }
 }
@@ -275,12 +285,8 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!("virtio-blk: config write at {offset:#x} ignored (no writable fields)");
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(
@@ -308,10 +314,8 @@ impl VirtioDevice for Block {
         self.disk.write_zeroes = false;
     }
 
-    fn process_queue(&mut self, index: usize) {
-        if index == 0 {
-            self.process();
-        }
+    fn process_queue(&mut self, index: usize) -> bool {
+        index == 0 && self.process()
     }
 }
 

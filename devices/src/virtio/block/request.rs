@@ -48,12 +48,13 @@ fn ioerr(why: impl std::fmt::Display) -> Outcome {
     Outcome(VIRTIO_BLK_S_IOERR, 0)
 }
 
-/// Executes the request in `desc_chain`; returns the used length to report.
+/// Executes the request in `desc_chain`; returns the used length to report and the
+/// bytes of guest buffers the request covered (what a queue pass budgets).
 pub(super) fn handle(
     disk: &mut Disk,
     mem: &GuestMemoryMmap<()>,
     desc_chain: DescriptorChain<&GuestMemoryMmap<()>>,
-) -> u32 {
+) -> (u32, u64) {
     let c = match chain::parse(mem, desc_chain, MAX_REQUEST_BYTES) {
         Ok(c) => c,
         Err(rej) => {
@@ -62,24 +63,25 @@ pub(super) fn handle(
                 rej.head, rej.error
             );
             return match rej.status_addr {
-                Some(addr) if mem.write_obj(VIRTIO_BLK_S_IOERR, addr).is_ok() => 1,
-                _ => 0,
+                Some(addr) if mem.write_obj(VIRTIO_BLK_S_IOERR, addr).is_ok() => (1, 0),
+                _ => (0, 0),
             };
         }
     };
+    let moved = c.readable.len() + c.writable.len();
     let Some(status_off) = c.writable.len().checked_sub(1) else {
         warn!(
             "virtio-blk: request (head {}) has no status byte; dropped",
             c.head
         );
-        return 0;
+        return (0, moved);
     };
     let Outcome(status, written) = execute(disk, mem, &c, status_off);
     if let Err(e) = c.writable.write_at(mem, status_off, &[status]) {
         warn!("virtio-blk: cannot write status: {e}");
-        return 0;
+        return (0, moved);
     }
-    written.saturating_add(1)
+    (written.saturating_add(1), moved)
 }
 
 /// Checks that `[sector, sector + len / 512)` is on the disk; returns the byte offset.

@@ -13,6 +13,7 @@ pub mod tap;
 
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use event_manager::EventSet;
@@ -21,7 +22,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use super::chain;
 use super::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
-use super::{has, read_config_bytes, Error, Interrupt, Mem, VirtioDevice, TYPE_NET};
+use super::queue::{self, PassBudget, PassEnd, QueueBroken};
+use super::{has, Error, Interrupt, Mem, VirtioDevice, TYPE_NET};
 use tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 
 /// Device handles partial checksums from the driver.
@@ -89,8 +91,10 @@ pub struct Net<B: NetBackend> {
     rx_len: Option<usize>,
     /// The driver may have RX buffers: watch the backend for input.
     rx_wanted: bool,
-    /// A TX frame the backend refused with `EAGAIN`, and its chain head.
-    tx_pending: Option<(u16, Vec<u8>)>,
+    /// The TX frame being sent (reused for every frame).
+    tx_buf: Vec<u8>,
+    /// A TX frame in `tx_buf` the backend refused with `EAGAIN`: its chain head and length.
+    tx_pending: Option<(u16, usize)>,
     broken: bool,
 }
 
@@ -119,6 +123,7 @@ impl<B: NetBackend> Net<B> {
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_len: None,
             rx_wanted: false,
+            tx_buf: vec![0; MAX_FRAME_LEN],
             tx_pending: None,
             broken: false,
         })
@@ -129,187 +134,204 @@ impl<B: NetBackend> Net<B> {
         &self.backend
     }
 
-    fn notify(q: &mut Queue, mem: &Mem, interrupt: &Interrupt, what: &str) {
-        match q.needs_notification(&**mem) {
-            Ok(true) => interrupt.signal_used(),
-            Ok(false) => {}
-            Err(e) => {
-                error!("virtio-net: {what}: cannot read used_event: {e}");
-                interrupt.signal_used();
+    /// Ends a pass: notifies the driver of used buffers and turns a broken queue into
+    /// `DEVICE_NEEDS_RESET`. Returns true when work is left for another pass.
+    fn end_pass(act: &mut Active, rx: bool, used: bool, end: PassEnd) -> bool {
+        let q = if rx { &mut act.rx } else { &mut act.tx };
+        if used {
+            queue::notify_used(q, &act.mem, &act.interrupt);
+        }
+        match end {
+            PassEnd::Yielded => true,
+            PassEnd::Broken(e) => {
+                if act.interrupt.set_needs_reset() {
+                    let which = if rx { "RX" } else { "TX" };
+                    warn!("virtio-net: {which} queue: {e}; device needs a reset");
+                }
+                false
             }
+            PassEnd::Drained | PassEnd::Blocked => false,
         }
     }
 
-    /// Moves frames from the backend into RX buffers while both exist.
-    fn process_rx(&mut self) {
-        let Some(act) = self.active.as_mut() else {
-            return;
+    /// Moves frames from the backend into RX buffers while both exist (one bounded pass).
+    fn process_rx(&mut self) -> bool {
+        let Some(act) = self.active.as_mut().filter(|a| !a.interrupt.needs_reset()) else {
+            return false;
         };
         let mem = act.mem.clone();
         let q = &mut act.rx;
+        let mut budget = PassBudget::new(q.size());
         let mut used = false;
-        loop {
+        let end = loop {
+            if !budget.turn() {
+                break PassEnd::Yielded;
+            }
             if self.rx_len.is_none() {
-                let avail = match q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
+                // Take a frame from the backend only when a buffer is there for it.
+                let avail = match q.avail_idx(&*mem, Ordering::Acquire) {
                     Ok(i) => i.0 != q.next_avail(),
-                    Err(e) => {
-                        error!("virtio-net: cannot read the RX ring: {e}");
-                        false
-                    }
+                    Err(e) => break PassEnd::Broken(QueueBroken::Avail(e)),
                 };
                 if !avail {
                     // Out of buffers: ask for a notification, re-checking for a race.
-                    if q.event_idx_enabled() && matches!(q.enable_notification(&*mem), Ok(true)) {
-                        continue;
+                    match queue::rearm(q, &mem) {
+                        Ok(true) => continue,
+                        Ok(false) => {
+                            self.rx_wanted = false;
+                            break PassEnd::Drained;
+                        }
+                        Err(e) => break PassEnd::Broken(e),
                     }
-                    self.rx_wanted = false;
-                    break;
                 }
                 match self.backend.read_frame(&mut self.rx_buf) {
                     Ok(n) => self.rx_len = Some(n),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break PassEnd::Blocked,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
                         error!("virtio-net: backend read failed: {e}");
-                        break;
+                        break PassEnd::Blocked;
                     }
                 }
             }
-            let Some(n) = self.rx_len else { break };
-            let Some(c) = q.pop_descriptor_chain(&*mem) else {
-                self.rx_wanted = false;
-                break;
+            let Some(n) = self.rx_len else {
+                break PassEnd::Blocked;
+            };
+            let c = match queue::pop(q, &mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    self.rx_wanted = false;
+                    break PassEnd::Drained;
+                }
+                Err(e) => break PassEnd::Broken(e),
             };
             let head = c.head_index();
-            let parsed = match chain::parse(&mem, c, u64::from(u32::MAX)) {
-                Ok(p) if p.readable.len() == 0 && p.writable.len() >= VNET_HDR_LEN as u64 => p,
+            let len = match chain::parse(&mem, c, u64::from(u32::MAX)) {
+                Ok(p) if p.readable.len() == 0 && p.writable.len() >= VNET_HDR_LEN as u64 => {
+                    if (n as u64) > p.writable.len() || n < VNET_HDR_LEN {
+                        warn!(
+                            "virtio-net: dropping a {n}-byte frame: RX buffer holds {} bytes",
+                            p.writable.len()
+                        );
+                        q.go_to_previous_position();
+                        self.rx_len = None;
+                        continue;
+                    }
+                    // num_buffers = 1 (§5.1.6.4).
+                    self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+                    self.rx_len = None;
+                    match p.writable.write_at(&mem, 0, &self.rx_buf[..n]) {
+                        Ok(()) => n as u32,
+                        Err(e) => {
+                            warn!("virtio-net: cannot write RX frame: {e}");
+                            0
+                        }
+                    }
+                }
                 Ok(_) => {
                     warn!("virtio-net: RX chain {head} is not a device-writable buffer of >= 12 bytes");
-                    if let Err(e) = q.add_used(&*mem, head, 0) {
-                        error!("virtio-net: cannot return RX chain {head}: {e}");
-                    }
-                    used = true;
-                    continue;
+                    0
                 }
                 Err(rej) => {
                     warn!("virtio-net: malformed RX chain {head}: {}", rej.error);
-                    if let Err(e) = q.add_used(&*mem, head, 0) {
-                        error!("virtio-net: cannot return RX chain {head}: {e}");
-                    }
-                    used = true;
-                    continue;
-                }
-            };
-            if (n as u64) > parsed.writable.len() || n < VNET_HDR_LEN {
-                warn!(
-                    "virtio-net: dropping a {n}-byte frame: RX buffer holds {} bytes",
-                    parsed.writable.len()
-                );
-                q.go_to_previous_position();
-                self.rx_len = None;
-                continue;
-            }
-            // num_buffers = 1 (§5.1.6.4).
-            self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-            let len = match parsed.writable.write_at(&mem, 0, &self.rx_buf[..n]) {
-                Ok(()) => n as u32,
-                Err(e) => {
-                    error!("virtio-net: cannot write RX frame: {e}");
                     0
                 }
             };
-            self.rx_len = None;
-            if let Err(e) = q.add_used(&*mem, head, len) {
-                error!("virtio-net: cannot return RX chain {head}: {e}");
+            if let Err(e) = queue::add_used(q, &mem, head, len) {
+                break PassEnd::Broken(e);
             }
             used = true;
-        }
-        if used {
-            Self::notify(q, &mem, &act.interrupt, "RX");
+            budget.spend(u64::from(len));
+        };
+        Self::end_pass(act, true, used, end)
+    }
+
+    /// Reads TX chain `c` into `tx_buf`; the frame's length, or None for a bad chain.
+    fn read_tx(&mut self, mem: &Mem, c: queue::Chain<'_>) -> Option<usize> {
+        let head = c.head_index();
+        match chain::parse(mem, c, MAX_FRAME_LEN as u64) {
+            Ok(p) if p.writable.len() == 0 && p.readable.len() >= VNET_HDR_LEN as u64 => {
+                // parse() bounded the length by MAX_FRAME_LEN == tx_buf.len().
+                let n = p.readable.len() as usize;
+                match p.readable.read_at(mem, 0, &mut self.tx_buf[..n]) {
+                    Ok(()) => Some(n),
+                    Err(e) => {
+                        warn!("virtio-net: cannot read TX chain {head}: {e}");
+                        None
+                    }
+                }
+            }
+            Ok(_) => {
+                warn!("virtio-net: TX chain {head} is not a readable frame of >= 12 bytes");
+                None
+            }
+            Err(rej) => {
+                warn!("virtio-net: malformed TX chain {head}: {}", rej.error);
+                None
+            }
         }
     }
 
-    /// Sends TX chains to the backend until the queue is empty or the backend is full.
-    fn process_tx(&mut self) {
-        let Some(act) = self.active.as_mut() else {
-            return;
+    /// Sends the frame in `tx_buf`; false when the backend is full (keep it pending).
+    fn send_tx(&mut self, len: usize) -> bool {
+        match self.backend.write_frame(&self.tx_buf[..len]) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) => {
+                warn!("virtio-net: dropping TX frame: {e}");
+                true
+            }
+            Ok(_) => true,
+        }
+    }
+
+    /// Sends TX chains to the backend until the queue is empty, the backend is full or
+    /// the pass budget is spent.
+    fn process_tx(&mut self) -> bool {
+        let Some(act) = self.active.as_ref().filter(|a| !a.interrupt.needs_reset()) else {
+            return false;
         };
         let mem = act.mem.clone();
-        let q = &mut act.tx;
+        let mut budget = PassBudget::new(act.tx.size());
         let mut used = false;
-        let mut blocked = false;
-        if let Some((head, frame)) = self.tx_pending.take() {
-            match self.backend.write_frame(&frame) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.tx_pending = Some((head, frame));
-                    blocked = true;
+        let end = loop {
+            let (head, len) = match self.tx_pending.take() {
+                Some(pending) => pending,
+                None => {
+                    let Some(act) = self.active.as_mut() else {
+                        break PassEnd::Drained;
+                    };
+                    let c = match queue::pop(&mut act.tx, &mem) {
+                        Ok(Some(c)) => c,
+                        Ok(None) => match queue::rearm(&mut act.tx, &mem) {
+                            Ok(true) if budget.turn() => continue,
+                            Ok(true) => break PassEnd::Yielded,
+                            Ok(false) => break PassEnd::Drained,
+                            Err(e) => break PassEnd::Broken(e),
+                        },
+                        Err(e) => break PassEnd::Broken(e),
+                    };
+                    let head = c.head_index();
+                    (head, self.read_tx(&mem, c).unwrap_or(0))
                 }
-                res => {
-                    if let Err(e) = res {
-                        warn!("virtio-net: dropping TX frame: {e}");
-                    }
-                    if let Err(e) = q.add_used(&*mem, head, 0) {
-                        error!("virtio-net: cannot return TX chain {head}: {e}");
-                    }
-                    used = true;
-                }
+            };
+            if len > 0 && !self.send_tx(len) {
+                self.tx_pending = Some((head, len));
+                break PassEnd::Blocked;
             }
-        }
-        while !blocked {
-            let mut popped = 0usize;
-            while let Some(c) = q.pop_descriptor_chain(&*mem) {
-                popped += 1;
-                let head = c.head_index();
-                let frame = match chain::parse(&mem, c, MAX_FRAME_LEN as u64) {
-                    Ok(p) if p.writable.len() == 0 && p.readable.len() >= VNET_HDR_LEN as u64 => {
-                        let mut f = vec![0u8; p.readable.len() as usize];
-                        match p.readable.read_at(&mem, 0, &mut f) {
-                            Ok(()) => Some(f),
-                            Err(e) => {
-                                warn!("virtio-net: cannot read TX chain {head}: {e}");
-                                None
-                            }
-                        }
-                    }
-                    Ok(_) => {
-                        warn!("virtio-net: TX chain {head} is not a readable frame of >= 12 bytes");
-                        None
-                    }
-                    Err(rej) => {
-                        warn!("virtio-net: malformed TX chain {head}: {}", rej.error);
-                        None
-                    }
-                };
-                if let Some(f) = frame {
-                    match self.backend.write_frame(&f) {
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            self.tx_pending = Some((head, f));
-                            blocked = true;
-                            break;
-                        }
-                        Err(e) => warn!("virtio-net: dropping TX frame: {e}"),
-                        Ok(_) => {}
-                    }
-                }
-                if let Err(e) = q.add_used(&*mem, head, 0) {
-                    error!("virtio-net: cannot return TX chain {head}: {e}");
-                }
-                used = true;
+            let Some(act) = self.active.as_mut() else {
+                break PassEnd::Drained;
+            };
+            if let Err(e) = queue::add_used(&mut act.tx, &mem, head, 0) {
+                break PassEnd::Broken(e);
             }
-            if blocked || !q.event_idx_enabled() {
-                break;
+            used = true;
+            if !budget.spend(len as u64) {
+                break PassEnd::Yielded;
             }
-            match q.enable_notification(&*mem) {
-                Ok(true) if popped > 0 => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    error!("virtio-net: cannot re-enable TX notifications: {e}");
-                    break;
-                }
-            }
-        }
-        if used {
-            Self::notify(q, &mem, &act.interrupt, "TX");
+        };
+        match self.active.as_mut() {
+            Some(act) => Self::end_pass(act, false, used, end),
+            None => false,
         }
     }
 }
@@ -331,12 +353,8 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.acked_features = features;
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!("virtio-net: config write at {offset:#x} ignored (read-only in virtio 1.x)");
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(
@@ -385,14 +403,14 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         }
     }
 
-    fn process_queue(&mut self, index: usize) {
+    fn process_queue(&mut self, index: usize) -> bool {
         match index {
             RX_QUEUE => {
                 self.rx_wanted = true;
-                self.process_rx();
+                self.process_rx()
             }
             TX_QUEUE => self.process_tx(),
-            _ => {}
+            _ => false,
         }
     }
 
@@ -414,18 +432,17 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         s
     }
 
-    fn process_backend(&mut self, _index: usize, events: EventSet) {
+    fn process_backend(&mut self, _index: usize, events: EventSet) -> bool {
         if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
             error!("virtio-net: backend fd error or hang-up; no longer watched");
             self.broken = true;
-            return;
+            return false;
         }
-        if events.contains(EventSet::OUT) {
-            self.process_tx();
-        }
+        // A yielded RX pass needs nothing more: the backend stays readable (level-triggered).
         if events.contains(EventSet::IN) {
             self.process_rx();
         }
+        events.contains(EventSet::OUT) && self.process_tx()
     }
 }
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::virtio::test_utils::*;
-use crate::virtio::{status, MmioTransport, VirtioSubscriber};
+use crate::virtio::{status, MmioTransport};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use std::collections::VecDeque;
 use std::os::unix::net::UnixDatagram;
@@ -105,9 +105,7 @@ fn frame(len: usize, fill: u8) -> Vec<u8> {
 #[test]
 fn config_and_features() {
     let r = rig();
-    let mut mac = [0u8; 8];
-    r.net.read_config(0, &mut mac);
-    assert_eq!(mac, [2, 0, 0, 0, 0, 1, 1, 0]);
+    assert_eq!(r.net.config_space(), [2, 0, 0, 0, 0, 1, 1, 0]);
     assert!(has(r.net.features(), VIRTIO_NET_F_MAC | VIRTIO_F_VERSION_1));
     assert!(
         !has(r.net.features(), VIRTIO_NET_F_CSUM),
@@ -246,7 +244,7 @@ fn end_to_end_through_transport_and_event_loop() {
         MmioTransport::new(net, mem.clone(), irq.clone()).unwrap(),
     ));
     let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
-    em.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber::new(t.clone()))));
+    em.add_subscriber(Arc::new(Mutex::new(t.lock().unwrap().worker().unwrap())));
     let bus: crate::bus::SharedDevice = t.clone();
     let w = |off: u64, v: u32| bus.lock().unwrap().write(off, &v.to_le_bytes());
 
