@@ -10,6 +10,7 @@ pub mod error;
 pub mod event_loop;
 pub mod exit;
 pub mod host;
+pub mod log_limit;
 pub mod memstats;
 pub mod timings;
 pub mod vcpu;
