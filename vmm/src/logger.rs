@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use log::{Level, LevelFilter, Metadata, Record};
 
-use crate::log_limit::{LogLimiter, Verdict};
+use vmm::log_limit::{LogLimiter, Verdict};
 
 /// Logs to stderr at `level`; boot-timer reports pass at info when `boot_timer` is set.
 pub struct Logger {
