@@ -79,36 +79,38 @@ pub use worker::DeviceThread;
 /// Guest memory as the virtio devices hold it.
 pub type Mem = Arc<GuestMemoryMmap<()>>;
 
-/// Device status bits (virtio 1.2 §2.1).
+/// Device status bits (virtio 1.2 §2.1), as Kiln names them.
 pub mod status {
+    use virtio_bindings::virtio_config as c;
     /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
+    pub const ACKNOWLEDGE: u32 = c::VIRTIO_CONFIG_S_ACKNOWLEDGE;
     /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
+    pub const DRIVER: u32 = c::VIRTIO_CONFIG_S_DRIVER;
     /// The driver is ready: the device may process queues.
-    pub const DRIVER_OK: u32 = 4;
+    pub const DRIVER_OK: u32 = c::VIRTIO_CONFIG_S_DRIVER_OK;
     /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
+    pub const FEATURES_OK: u32 = c::VIRTIO_CONFIG_S_FEATURES_OK;
     /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const DEVICE_NEEDS_RESET: u32 = c::VIRTIO_CONFIG_S_NEEDS_RESET;
     /// The driver gave up on the device.
-    pub const FAILED: u32 = 0x80;
+    pub const FAILED: u32 = c::VIRTIO_CONFIG_S_FAILED;
 }
 
-/// Feature bits shared by every device type (virtio 1.2 §6).
+/// Feature bits shared by every device type (virtio 1.2 §6), as masks.
 pub mod features {
+    use virtio_bindings::{virtio_config as c, virtio_ring as r};
     /// Indirect descriptors (not offered by Kiln).
-    pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+    pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << r::VIRTIO_RING_F_INDIRECT_DESC;
     /// `used_event` / `avail_event` notification suppression.
-    pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+    pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << r::VIRTIO_RING_F_EVENT_IDX;
     /// Compliance with virtio 1.x (mandatory for the modern MMIO layout).
-    pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+    pub const VIRTIO_F_VERSION_1: u64 = 1 << c::VIRTIO_F_VERSION_1;
 }
 
 /// virtio device ID of a network card (§5.1).
-pub const TYPE_NET: u32 = 1;
+pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// virtio device ID of a block device (§5.2).
-pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 /// Errors from building or activating virtio devices.
 #[derive(Debug, thiserror::Error)]
@@ -189,9 +191,9 @@ pub struct Interrupt {
 }
 
 /// `InterruptStatus` bit 0: a used buffer was added (§4.2.2).
-pub const INT_USED_RING: u32 = 1;
+pub const INT_USED_RING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// `InterruptStatus` bit 1: the configuration space changed (§4.2.2).
-pub const INT_CONFIG: u32 = 2;
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 impl Interrupt {
     /// A new interrupt with a clear status, raising `irq`.

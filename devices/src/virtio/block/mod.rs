@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::warn;
+use virtio_bindings::virtio_blk::{self as vb, virtio_blk_config};
 use virtio_queue::{Queue, QueueT};
+use vm_memory::ByteValued;
 
 use super::{
     features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX},
@@ -25,25 +27,25 @@ use super::{
 };
 
 /// `VIRTIO_BLK_F_SEG_MAX`: `seg_max` is valid.
-pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << vb::VIRTIO_BLK_F_SEG_MAX;
 /// `VIRTIO_BLK_F_RO`: the device is read-only.
-pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub const VIRTIO_BLK_F_RO: u64 = 1 << vb::VIRTIO_BLK_F_RO;
 /// `VIRTIO_BLK_F_BLK_SIZE`: `blk_size` is valid.
-pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << vb::VIRTIO_BLK_F_BLK_SIZE;
 /// `VIRTIO_BLK_F_FLUSH`: the flush command is supported.
-pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << vb::VIRTIO_BLK_F_FLUSH;
 /// `VIRTIO_BLK_F_DISCARD`: the discard command is supported.
-pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << vb::VIRTIO_BLK_F_DISCARD;
 /// `VIRTIO_BLK_F_WRITE_ZEROES`: the write-zeroes command is supported.
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << vb::VIRTIO_BLK_F_WRITE_ZEROES;
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
 /// Maximum size of the single request queue.
 pub const QUEUE_SIZE: u16 = 256;
-/// Length of the configuration space Kiln exposes (`struct virtio_blk_config` up to
-/// `write_zeroes_may_unmap` and its padding).
-const CONFIG_LEN: usize = 60;
+/// Length of the configuration space Kiln exposes: `struct virtio_blk_config` up to
+/// `write_zeroes_may_unmap` and its padding (no secure erase, no zones).
+const CONFIG_LEN: usize = std::mem::offset_of!(virtio_blk_config, max_secure_erase_sectors);
 /// Sectors per discard / write-zeroes segment Kiln accepts.
 const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 
@@ -82,7 +84,7 @@ struct Active {
 pub struct Block {
     disk: Disk,
     avail_features: u64,
-    config: [u8; CONFIG_LEN],
+    config: Vec<u8>,
     active: Option<Active>,
 }
 
@@ -173,17 +175,7 @@ impl Block {
         } else {
             avail_features |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
         }
-        let mut config = [0u8; CONFIG_LEN];
-        config[0..8].copy_from_slice(&nsectors.to_le_bytes());
-        config[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
-        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
-        config[34..36].copy_from_slice(&1u16.to_le_bytes()); // num_queues
-        config[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
-        config[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
-        config[44..48].copy_from_slice(&8u32.to_le_bytes()); // discard_sector_alignment
-        config[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
-        config[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
-        config[56] = 1; // write_zeroes_may_unmap
+        let config = config_space(nsectors);
 
         Ok(Self {
             disk: Disk {
@@ -258,6 +250,33 @@ impl Block {
             PassEnd::Drained | PassEnd::Blocked => false,
         }
     }
+}
+
+/// `virtio_blk_config` as bytes (virtio-bindings has the layout, vm-memory the bytes).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct BlkConfig(virtio_blk_config);
+
+// SAFETY: virtio_blk_config is repr(C, packed) plain integers: no padding, and every
+// bit pattern is a valid value.
+unsafe impl ByteValued for BlkConfig {}
+
+/// The configuration space of a disk of `nsectors` sectors.
+fn config_space(nsectors: u64) -> Vec<u8> {
+    let cfg = BlkConfig(virtio_blk_config {
+        capacity: nsectors,
+        seg_max: u32::from(QUEUE_SIZE - 2),
+        blk_size: SECTOR_SIZE as u32,
+        num_queues: 1,
+        max_discard_sectors: MAX_DISCARD_SECTORS,
+        max_discard_seg: 1,
+        discard_sector_alignment: 8,
+        max_write_zeroes_sectors: MAX_DISCARD_SECTORS,
+        max_write_zeroes_seg: 1,
+        write_zeroes_may_unmap: 1,
+        ..Default::default()
+    });
+    cfg.as_slice()[..CONFIG_LEN].to_vec()
 }
 
 impl VirtioDevice for Block {

@@ -4,41 +4,51 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use log::warn;
+use virtio_bindings::virtio_blk::{virtio_blk_discard_write_zeroes, virtio_blk_outhdr};
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestMemoryMmap};
 
 use super::{Disk, MAX_DISCARD_SECTORS, SECTOR_SIZE};
 use crate::virtio::chain::{self, Chain};
 
-/// Request types (§5.2.6).
-pub const VIRTIO_BLK_T_IN: u32 = 0;
-/// Write.
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
-/// Flush.
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
-/// Device ID string.
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
-/// Discard.
-pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
-/// Write zeroes.
-pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR as S_IOERR, VIRTIO_BLK_S_OK as S_OK, VIRTIO_BLK_S_UNSUPP as S_UNSUPP,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
+pub use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
 
-/// Status: success.
-pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// Status: success (the status byte).
+pub const VIRTIO_BLK_S_OK: u8 = S_OK as u8;
 /// Status: I/O error (also malformed requests).
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub const VIRTIO_BLK_S_IOERR: u8 = S_IOERR as u8;
 /// Status: unsupported request type.
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = S_UNSUPP as u8;
 
-/// Header size (`type`, `reserved`, `sector`).
-const HEADER_LEN: u64 = 16;
+/// Header size (`struct virtio_blk_outhdr`).
+const HEADER_LEN: u64 = std::mem::size_of::<virtio_blk_outhdr>() as u64;
 /// Largest request Kiln accepts (data plus header and status).
 pub const MAX_REQUEST_BYTES: u64 = 1 << 30;
 /// Bounce-buffer chunk for copying between guest memory and the file.
 const CHUNK: usize = 256 << 10;
 /// Length of a discard / write-zeroes segment.
-const DWZ_SEG_LEN: u64 = 16;
-const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+const DWZ_SEG_LEN: u64 = std::mem::size_of::<virtio_blk_discard_write_zeroes>() as u64;
+
+/// The request header, readable as bytes.
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct OutHdr(virtio_blk_outhdr);
+// SAFETY: repr(C) u32, u32, u64: no padding, every bit pattern valid.
+unsafe impl ByteValued for OutHdr {}
+
+/// A discard / write-zeroes segment, readable as bytes.
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct DwzSeg(virtio_blk_discard_write_zeroes);
+// SAFETY: repr(C) u64, u32, u32: no padding, every bit pattern valid.
+unsafe impl ByteValued for DwzSeg {}
 
 /// Outcome of a request: status byte and number of data bytes written to the guest.
 struct Outcome(u8, u32);
@@ -108,14 +118,11 @@ fn execute(disk: &mut Disk, mem: &GuestMemoryMmap<()>, c: &Chain, data_len: u64)
             c.readable.len()
         ));
     }
-    let mut hdr = [0u8; HEADER_LEN as usize];
-    if let Err(e) = c.readable.read_at(mem, 0, &mut hdr) {
+    let mut hdr = OutHdr::default();
+    if let Err(e) = c.readable.read_at(mem, 0, hdr.as_mut_slice()) {
         return ioerr(e);
     }
-    let rtype = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-    let mut s = [0u8; 8];
-    s.copy_from_slice(&hdr[8..16]);
-    let sector = u64::from_le_bytes(s);
+    let (rtype, sector) = (u32::from_le(hdr.0.type_), u64::from_le(hdr.0.sector));
     let out_len = c.readable.len() - HEADER_LEN;
 
     match rtype {
@@ -208,22 +215,20 @@ fn execute(disk: &mut Disk, mem: &GuestMemoryMmap<()>, c: &Chain, data_len: u64)
                     "bad discard / write-zeroes payload of {out_len} bytes"
                 ));
             }
-            let mut seg = [0u8; DWZ_SEG_LEN as usize];
-            if let Err(e) = c.readable.read_at(mem, HEADER_LEN, &mut seg) {
+            let mut seg = DwzSeg::default();
+            if let Err(e) = c.readable.read_at(mem, HEADER_LEN, seg.as_mut_slice()) {
                 return ioerr(e);
             }
-            let mut s = [0u8; 8];
-            s.copy_from_slice(&seg[0..8]);
-            let start = u64::from_le_bytes(s);
-            let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
-            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+            let start = u64::from_le(seg.0.sector);
+            let num = u32::from_le(seg.0.num_sectors);
+            let flags = u32::from_le(seg.0.flags);
             if num > MAX_DISCARD_SECTORS {
                 return ioerr(format_args!("{num} sectors exceeds the advertised maximum"));
             }
             if rtype == VIRTIO_BLK_T_DISCARD && flags != 0 {
                 return Outcome(VIRTIO_BLK_S_UNSUPP, 0);
             }
-            if flags & !WRITE_ZEROES_FLAG_UNMAP != 0 {
+            if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
                 return Outcome(VIRTIO_BLK_S_UNSUPP, 0);
             }
             let len = u64::from(num) * SECTOR_SIZE;

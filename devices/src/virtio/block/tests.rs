@@ -527,3 +527,19 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn config_space_layout() {
+    let c = config_space(8);
+    assert_eq!(c.len(), 60, "up to write_zeroes_may_unmap and its padding");
+    assert_eq!(c[0..8], 8u64.to_le_bytes(), "capacity");
+    assert_eq!(c[12..16], 254u32.to_le_bytes(), "seg_max");
+    assert_eq!(c[20..24], 512u32.to_le_bytes(), "blk_size");
+    assert_eq!(c[34..36], 1u16.to_le_bytes(), "num_queues");
+    assert_eq!(
+        c[36..40],
+        MAX_DISCARD_SECTORS.to_le_bytes(),
+        "max_discard_sectors"
+    );
+    assert_eq!(c[56], 1, "write_zeroes_may_unmap");
+}

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use event_manager::EventSet;
 use log::{error, warn};
+use virtio_bindings::virtio_net as vn;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::ByteValued;
 
 use super::chain;
 use super::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -27,23 +29,21 @@ use super::{has, Error, Interrupt, Mem, VirtioDevice, TYPE_NET};
 use tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 
 /// Device handles partial checksums from the driver.
-pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << vn::VIRTIO_NET_F_CSUM;
 /// Driver handles partial checksums.
-pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << vn::VIRTIO_NET_F_GUEST_CSUM;
 /// `mac` in config space is valid.
-pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+pub const VIRTIO_NET_F_MAC: u64 = 1 << vn::VIRTIO_NET_F_MAC;
 /// Driver can receive TSOv4.
-pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << vn::VIRTIO_NET_F_GUEST_TSO4;
 /// Driver can receive TSOv6.
-pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << vn::VIRTIO_NET_F_GUEST_TSO6;
 /// Device can receive TSOv4 from the driver.
-pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << vn::VIRTIO_NET_F_HOST_TSO4;
 /// Device can receive TSOv6 from the driver.
-pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << vn::VIRTIO_NET_F_HOST_TSO6;
 /// `status` in config space is valid.
-pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
-/// Config `status` bit: link up.
-pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+pub const VIRTIO_NET_F_STATUS: u64 = 1 << vn::VIRTIO_NET_F_STATUS;
 
 /// RX queue index.
 pub const RX_QUEUE: usize = 0;
@@ -52,7 +52,9 @@ pub const TX_QUEUE: usize = 1;
 /// Maximum size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Length of `struct virtio_net_hdr_v1`.
-pub const VNET_HDR_LEN: usize = 12;
+pub const VNET_HDR_LEN: usize = std::mem::size_of::<vn::virtio_net_hdr_v1>();
+/// Length of the configuration space Kiln exposes: `mac` and `status`.
+const CONFIG_LEN: usize = std::mem::offset_of!(vn::virtio_net_config, max_virtqueue_pairs);
 /// Largest frame (header included) moved in either direction: 64 KiB GSO packets.
 pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65_550;
 
@@ -72,6 +74,15 @@ pub trait NetBackend: AsRawFd + Send {
     }
 }
 
+/// `virtio_net_config` as bytes (virtio-bindings has the layout, vm-memory the bytes).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct NetConfig(vn::virtio_net_config);
+
+// SAFETY: virtio_net_config is repr(C, packed) plain integers: no padding, and every
+// bit pattern is a valid value.
+unsafe impl ByteValued for NetConfig {}
+
 struct Active {
     mem: Mem,
     rx: Queue,
@@ -84,7 +95,7 @@ pub struct Net<B: NetBackend> {
     backend: B,
     avail_features: u64,
     acked_features: u64,
-    config: [u8; 8],
+    config: Vec<u8>,
     active: Option<Active>,
     rx_buf: Vec<u8>,
     /// Length of a frame read from the backend but not yet delivered.
@@ -111,9 +122,12 @@ impl<B: NetBackend> Net<B> {
                 | VIRTIO_NET_F_HOST_TSO4
                 | VIRTIO_NET_F_HOST_TSO6;
         }
-        let mut config = [0u8; 8];
-        config[..6].copy_from_slice(&mac);
-        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        let config = NetConfig(vn::virtio_net_config {
+            mac,
+            status: (vn::VIRTIO_NET_S_LINK_UP as u16).to_le(),
+            ..Default::default()
+        });
+        let config = config.as_slice()[..CONFIG_LEN].to_vec();
         Ok(Self {
             backend,
             avail_features,
