@@ -1,5 +1,9 @@
 //! Descriptor-chain validation and byte-level access to its buffers (virtio 1.2 §2.7.5).
 //!
+//! Not virtio-queue's `Reader`/`Writer`: they split a chain by direction but accept a
+//! readable buffer after a writable one and cannot say where the status byte of a
+//! rejected chain may go; Kiln checks and answers both.
+//!
 //! A chain is collected into its device-readable and device-writable segments; every
 //! segment is checked to lie inside guest memory and the readable ones must all come
 //! before the writable ones (§2.7.4.2). Devices then address the buffers as two flat
@@ -64,7 +68,7 @@ impl Segments {
     }
 
     /// Calls `f(addr, range_in_buf)` for each piece of `[offset, offset + len)`.
-    fn walk(
+    pub(crate) fn walk(
         &self,
         offset: u64,
         len: usize,

@@ -5,6 +5,7 @@
 //! driver does not negotiate `VIRTIO_BLK_F_FLUSH` the device is write-through: each
 //! write is followed by `fdatasync` before it completes.
 
+mod guest_io;
 mod request;
 
 use std::fs::{File, OpenOptions};

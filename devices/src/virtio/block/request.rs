@@ -8,7 +8,7 @@ use virtio_bindings::virtio_blk::{virtio_blk_discard_write_zeroes, virtio_blk_ou
 use virtio_queue::DescriptorChain;
 use vm_memory::{ByteValued, Bytes, GuestMemoryMmap};
 
-use super::{Disk, MAX_DISCARD_SECTORS, SECTOR_SIZE};
+use super::{guest_io, Disk, MAX_DISCARD_SECTORS, SECTOR_SIZE};
 use crate::virtio::chain::{self, Chain};
 
 use virtio_bindings::virtio_blk::{
@@ -31,7 +31,7 @@ pub const VIRTIO_BLK_S_UNSUPP: u8 = S_UNSUPP as u8;
 const HEADER_LEN: u64 = std::mem::size_of::<virtio_blk_outhdr>() as u64;
 /// Largest request Kiln accepts (data plus header and status).
 pub const MAX_REQUEST_BYTES: u64 = 1 << 30;
-/// Bounce-buffer chunk for copying between guest memory and the file.
+/// Chunk of zeros written when the file system cannot zero a range itself.
 const CHUNK: usize = 256 << 10;
 /// Length of a discard / write-zeroes segment.
 const DWZ_SEG_LEN: u64 = std::mem::size_of::<virtio_blk_discard_write_zeroes>() as u64;
@@ -134,17 +134,10 @@ fn execute(disk: &mut Disk, mem: &GuestMemoryMmap<()>, c: &Chain, data_len: u64)
                 Ok(p) => p,
                 Err(e) => return ioerr(e),
             };
-            let mut done = 0u64;
-            while done < data_len {
-                let n = (data_len - done).min(CHUNK as u64) as usize;
-                disk.buf.resize(n, 0);
-                if let Err(e) = disk.file.read_exact_at(&mut disk.buf[..n], pos + done) {
-                    return ioerr(format_args!("read {}: {e}", disk.path.display()));
-                }
-                if let Err(e) = c.writable.write_at(mem, done, &disk.buf[..n]) {
-                    return ioerr(e);
-                }
-                done += n as u64;
+            // data_len <= MAX_REQUEST_BYTES < 4 GiB.
+            let n = data_len as usize;
+            if let Err(e) = guest_io::read_file_into(mem, &c.writable, 0, &disk.file, pos, n) {
+                return ioerr(format_args!("read {}: {e}", disk.path.display()));
             }
             // data_len <= MAX_REQUEST_BYTES < 4 GiB.
             Outcome(VIRTIO_BLK_S_OK, data_len as u32)
@@ -160,20 +153,10 @@ fn execute(disk: &mut Disk, mem: &GuestMemoryMmap<()>, c: &Chain, data_len: u64)
                 Ok(p) => p,
                 Err(e) => return ioerr(e),
             };
-            let mut done = 0u64;
-            while done < out_len {
-                let n = (out_len - done).min(CHUNK as u64) as usize;
-                disk.buf.resize(n, 0);
-                if let Err(e) = c
-                    .readable
-                    .read_at(mem, HEADER_LEN + done, &mut disk.buf[..n])
-                {
-                    return ioerr(e);
-                }
-                if let Err(e) = disk.file.write_all_at(&disk.buf[..n], pos + done) {
-                    return ioerr(format_args!("write {}: {e}", disk.path.display()));
-                }
-                done += n as u64;
+            let n = out_len as usize;
+            let res = guest_io::write_file_from(mem, &c.readable, HEADER_LEN, &disk.file, pos, n);
+            if let Err(e) = res {
+                return ioerr(format_args!("write {}: {e}", disk.path.display()));
             }
             if !disk.flush_negotiated {
                 if let Err(e) = disk.file.sync_data() {
