@@ -105,22 +105,20 @@ impl DeviceManager {
                 layout::BOOT_TIMER_ADDR,
                 0x1000,
             )
-            .map_err(|e| Error::Device(e.to_string()))
+            .map_err(Error::from)
     }
 
     fn insert_pio(&mut self, dev: devices::bus::SharedDevice, port: u16, len: u64) -> Result<()> {
         self.pio
             .insert(dev, u64::from(port), len)
-            .map_err(|e| Error::Device(e.to_string()))
+            .map_err(Error::from)
     }
 
     /// Reserves the next virtio-mmio slot: `(base, gsi)`.
     pub fn next_virtio_slot(&mut self) -> Result<(u64, u32)> {
         if self.next_irq > layout::VIRTIO_IRQ_LAST {
             let max = layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_BASE + 1;
-            return Err(Error::Device(format!(
-                "too many virtio devices: Kiln supports {max} (disks + nets); remove some"
-            )));
+            return Err(Error::TooManyDevices { max });
         }
         let base = layout::VIRTIO_MMIO_BASE + self.next_slot * layout::VIRTIO_MMIO_SIZE;
         let irq = self.next_irq;

@@ -63,9 +63,21 @@ pub enum Error {
     /// Loading the kernel, initrd or command line failed.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
-    /// A device could not be set up.
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Virtio(#[from] devices::virtio::Error),
+    /// A device did not fit on a bus.
     #[error("device setup: {0}")]
-    Device(String),
+    Bus(#[from] devices::BusError),
+    /// More virtio devices than there are slots and interrupt lines.
+    #[error("too many virtio devices: Kiln supports {max} (disks + nets); remove some")]
+    TooManyDevices {
+        /// The number of slots.
+        max: u32,
+    },
+    /// KVM's MSR list could not be built.
+    #[error("building the MSR list for KVM_SET_MSRS: {0:?}")]
+    MsrList(vmm_sys_util::fam::Error),
     /// The serial output file could not be opened.
     #[error("cannot open serial output file {path}: {source}")]
     SerialFile {
@@ -84,7 +96,7 @@ pub enum Error {
     },
     /// The event loop failed.
     #[error("event loop: {0}")]
-    EventLoop(String),
+    EventLoop(#[from] event_manager::Error),
 }
 
 /// Result with the VMM's error.

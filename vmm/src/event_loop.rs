@@ -135,7 +135,6 @@ pub fn run_until_exit(em: &mut Manager, latch: &ExitLatch) -> Result<VmExit> {
         if let Some(exit) = latch.get() {
             return Ok(exit);
         }
-        em.run_with_timeout(1000)
-            .map_err(|e| Error::EventLoop(format!("{e:?}")))?;
+        em.run_with_timeout(1000)?;
     }
 }

@@ -100,7 +100,7 @@ pub fn configure(
     x86::cpuid::fixup(&mut cpuid, id, cpus);
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
     let msrs = Msrs::from_entries(&x86::msr::boot_msr_entries())
-        .map_err(|e| Error::Device(format!("building the MSR list: {e:?}")))?;
+        .map_err(Error::MsrList)?;
     vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     vcpu.set_fpu(&x86::fpu::boot_fpu())
         .map_err(kvm_err("KVM_SET_FPU"))?;

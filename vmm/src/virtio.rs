@@ -13,7 +13,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 
 use crate::config::{parse_mac, NetConfig, VmConfig};
 use crate::device_manager::DeviceManager;
-use crate::error::{kvm_err, Error, Result};
+use crate::error::{kvm_err, Result};
 
 /// Attaches every disk and net from `cfg`, disks first, in the order given.
 pub fn attach_all(
@@ -27,13 +27,12 @@ pub fn attach_all(
             path: disk.path.clone(),
             read_only: disk.readonly,
             id: disk.id.clone(),
-        })
-        .map_err(|e| Error::Device(e.to_string()))?;
+        })?;
         attach(dev, &format!("kiln-blk{i}"), vm, mem, devices)?;
     }
     for (i, net) in cfg.nets.iter().enumerate() {
-        let tap = Tap::open(&net.tap).map_err(|e| Error::Device(e.to_string()))?;
-        let dev = Net::new(tap, mac_for(net)).map_err(|e| Error::Device(e.to_string()))?;
+        let tap = Tap::open(&net.tap)?;
+        let dev = Net::new(tap, mac_for(net))?;
         attach(dev, &format!("kiln-net{i}"), vm, mem, devices)?;
     }
     Ok(())
@@ -60,25 +59,20 @@ fn attach<D: VirtioDevice + Send + 'static>(
 ) -> Result<()> {
     let (base, gsi) = devices.next_virtio_slot()?;
     let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
-    let transport =
-        MmioTransport::new(dev, mem.clone(), irq).map_err(|e| Error::Device(e.to_string()))?;
+    let transport = MmioTransport::new(dev, mem.clone(), irq)?;
     for (addr, datamatch, evt) in transport.ioevents(base) {
         vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
             .map_err(kvm_err("KVM_IOEVENTFD"))?;
     }
     let worker = transport
         .worker()
-        .and_then(|w| DeviceThread::spawn(name, w))
-        .map_err(|e| Error::Device(e.to_string()))?;
+        .and_then(|w| DeviceThread::spawn(name, w))?;
     devices.device_threads.push(worker);
-    devices
-        .mmio
-        .insert(
-            Arc::new(Mutex::new(transport)),
-            base,
-            boot::layout::VIRTIO_MMIO_SIZE,
-        )
-        .map_err(|e| Error::Device(e.to_string()))?;
+    devices.mmio.insert(
+        Arc::new(Mutex::new(transport)),
+        base,
+        boot::layout::VIRTIO_MMIO_SIZE,
+    )?;
     log::debug!("virtio-mmio device at {base:#x}, GSI {gsi}, thread {name}");
     Ok(())
 }

@@ -114,7 +114,7 @@ impl Vm {
         let mem = Arc::new(create_memory(&fd, mem_size)?);
         setup_vm(&fd)?;
         let latch = Arc::new(ExitLatch::new().map_err(io("creating exit eventfd"))?);
-        let mut em = Manager::new().map_err(|e| Error::EventLoop(format!("{e:?}")))?;
+        let mut em = Manager::new()?;
         let mut devices = DeviceManager::new()?;
         devices.attach_legacy(&fd, &mut em, serial, times.clone())?;
         crate::virtio::attach_all(cfg, &fd, &mem, &mut devices)?;

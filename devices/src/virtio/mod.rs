@@ -169,9 +169,22 @@ pub enum Error {
     /// Activation found a queue that is not ready or not valid.
     #[error("virtio queue {0} is not ready or invalid at DRIVER_OK")]
     QueueInvalid(usize),
-    /// The device rejected activation.
-    #[error("device activation failed: {0}")]
-    Activate(String),
+    /// The driver readied a different number of queues than the device has.
+    #[error("{device} needs exactly {want} queue(s)")]
+    QueueCount {
+        /// The device.
+        device: &'static str,
+        /// How many it has.
+        want: usize,
+    },
+    /// The TAP refused the offloads the driver negotiated.
+    #[error("virtio-net: TUNSETOFFLOAD {flags:#x}: {source}")]
+    Offload {
+        /// The `TUN_F_*` flags.
+        flags: u32,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A device thread could not be started.
     #[error("cannot start a device thread: {0}")]
     Thread(#[source] std::io::Error),

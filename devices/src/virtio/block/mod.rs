@@ -318,7 +318,10 @@ impl VirtioDevice for Block {
         let queue = queues
             .pop()
             .filter(|_| queues.is_empty())
-            .ok_or_else(|| Error::Activate("virtio-blk needs exactly one queue".into()))?;
+            .ok_or(Error::QueueCount {
+                device: "virtio-blk",
+                want: 1,
+            })?;
         self.active = Some(Active {
             mem,
             queue,

@@ -377,9 +377,10 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), Error> {
-        let [rx, tx]: [Queue; 2] = queues
-            .try_into()
-            .map_err(|_| Error::Activate("virtio-net needs exactly two queues".into()))?;
+        let [rx, tx]: [Queue; 2] = queues.try_into().map_err(|_| Error::QueueCount {
+            device: "virtio-net",
+            want: 2,
+        })?;
         if self.backend.offloads_supported() {
             let f = self.acked_features;
             let mut flags = 0;
@@ -392,9 +393,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
                     flags |= TUN_F_TSO6;
                 }
             }
-            self.backend.set_offload(flags).map_err(|e| {
-                Error::Activate(format!("virtio-net: TUNSETOFFLOAD {flags:#x}: {e}"))
-            })?;
+            self.backend
+                .set_offload(flags)
+                .map_err(|source| Error::Offload { flags, source })?;
         }
         self.active = Some(Active {
             mem,
