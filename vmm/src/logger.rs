@@ -1,5 +1,5 @@
 //! A small stderr logger for the `kiln` binary: `kiln: LEVEL: message`, rate-limited
-//! per call site and overall ([`crate::log_limit`]) so that no guest can flood stderr.
+//! per call site and overall ([`vmm::log_limit`]) so that no guest can flood stderr.
 
 use std::io::Write;
 use std::sync::Mutex;
