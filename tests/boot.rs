@@ -180,7 +180,7 @@ fn harness_reports_a_failing_guest() {
     assert_eq!(out.code, Some(2));
 }
 
-fn vm_in_process_fault() -> vmm::harness::Outcome {
+fn vm_in_process_fault() -> harness::Outcome {
     vm(&guest().elf)
         .cmdline("console=ttyS0 kiln.mode=fault")
         .start_in_process()

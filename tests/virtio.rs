@@ -186,7 +186,7 @@ struct TestTap(String);
 
 impl TestTap {
     fn new(tag: &str) -> Self {
-        let name = vmm::harness::unique_tap_name(tag);
+        let name = harness::unique_tap_name(tag);
         let _ = Command::new("ip").args(["link", "del", &name]).status();
         ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
@@ -310,7 +310,7 @@ fn tap_created_by_kiln_is_removed_on_exit_and_on_error() {
     if !tap_capable() {
         return;
     }
-    let name = vmm::harness::unique_tap_name("kc");
+    let name = harness::unique_tap_name("kc");
     let sys = PathBuf::from(format!("/sys/class/net/{name}"));
     let mut vm = vm(&guest().elf)
         .cmdline("console=ttyS0 kiln.mode=spin")

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use util::sync::lock;
+
 /// A device that answers reads and writes on a bus.
 ///
 /// `offset` is relative to the base the device was inserted at; `data` is the access
@@ -97,12 +99,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// Locks a device, carrying on through a poisoned lock: device state stays usable
-/// even if another thread panicked while holding it.
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

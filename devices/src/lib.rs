@@ -1,12 +1,14 @@
 //! Kiln's emulated devices: the I/O buses a vCPU dispatches exits to, the legacy PC
-//! devices (16550 serial, i8042, boot timer) and the virtio-mmio devices.
+//! devices (16550 serial, i8042), the boot timer and the virtio-mmio devices.
 
 #![warn(missing_docs)]
 
+pub mod boot_timer;
 pub mod bus;
 pub mod irq;
 pub mod legacy;
 pub mod virtio;
 
+pub use boot_timer::BootTimer;
 pub use bus::{Bus, BusDevice, BusError};
 pub use irq::{IrqLine, IrqTrigger};

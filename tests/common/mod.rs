@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use vmm::harness::VmBuilder;
+use harness::VmBuilder;
 
 /// Repository root.
 pub fn repo() -> PathBuf {

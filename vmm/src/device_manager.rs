@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use boot::layout;
 use devices::legacy::serial::ReadFd;
-use devices::legacy::{BootTimer, BootTimestamps, SerialDevice, SerialInput, I8042};
+use devices::legacy::{SerialDevice, SerialInput, I8042};
+use devices::BootTimer;
 use devices::{Bus, IrqLine};
 use event_manager::SubscriberOps;
 use kvm_ioctls::VmFd;
+use util::time::BootTimestamps;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{io, kvm_err, Error, Result};

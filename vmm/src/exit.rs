@@ -110,7 +110,7 @@ impl ExitLatch {
 
     /// Records `exit` unless a reason is already recorded, and wakes the event loop.
     pub fn set(&self, exit: VmExit) {
-        let mut r = devices::bus::lock(&self.reason);
+        let mut r = util::sync::lock(&self.reason);
         if r.is_none() {
             log::debug!("VM exit: {exit}");
             *r = Some(exit);
@@ -123,7 +123,7 @@ impl ExitLatch {
 
     /// The recorded reason, if any.
     pub fn get(&self) -> Option<VmExit> {
-        devices::bus::lock(&self.reason).clone()
+        util::sync::lock(&self.reason).clone()
     }
 
     /// The wake-up eventfd (watched by the event loop).

@@ -1,9 +1,9 @@
-//! Kiln's VMM: configuration, KVM VM and vCPUs, devices on an event loop, and the
-//! pieces the `kiln` binary and test harnesses are built from.
+//! Kiln's VMM: configuration, the KVM VM and its vCPUs, device wiring and the event
+//! loop. The `kiln` binary, the test harness (`kiln-harness`) and `kiln bench`
+//! (`kiln-bench`) are built on it.
 
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod config;
 pub mod device_manager;
 pub mod error;
@@ -21,8 +21,3 @@ pub use config::VmConfig;
 pub use error::{Error, Result};
 pub use exit::{GuestFault, VmExit};
 pub use vm::{RunOptions, StopHandle, Vm};
-pub mod harness;
-
-/// Locks a mutex, carrying on through poisoning.
-pub(crate) use devices::bus::lock as devices_lock;
-pub(crate) use devices::legacy::boot_timer as devices_time;

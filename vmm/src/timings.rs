@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use devices::legacy::BootTimestamps;
 use serde::{Deserialize, Serialize};
+use util::time::BootTimestamps;
 
 use crate::exit::VmExit;
 use crate::memstats::MemStats;

@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use boot::x86;
 use boot::{EntryPoint, GuestMemoryMmap};
-use devices::legacy::BootTimestamps;
 use devices::Bus;
 use kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN;
 use kvm_bindings::{
     kvm_run, kvm_sregs, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use util::time::BootTimestamps;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{kvm_err, Error, Result};
@@ -99,8 +99,7 @@ pub fn configure(
     let mut cpuid = supported.clone();
     x86::cpuid::fixup(&mut cpuid, id, cpus);
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-    let msrs = Msrs::from_entries(&x86::msr::boot_msr_entries())
-        .map_err(Error::MsrList)?;
+    let msrs = Msrs::from_entries(&x86::msr::boot_msr_entries()).map_err(Error::MsrList)?;
     vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     vcpu.set_fpu(&x86::fpu::boot_fpu())
         .map_err(kvm_err("KVM_SET_FPU"))?;

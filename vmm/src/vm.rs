@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boot::{layout, BootInfo, GuestMemoryMmap};
-use devices::legacy::BootTimestamps;
 use event_manager::SubscriberOps;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use util::time::BootTimestamps;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::config::{BootProtocolConfig, VmConfig};
@@ -69,7 +69,7 @@ impl Vm {
     pub fn new(cfg: &VmConfig, serial: SerialIo, opts: RunOptions) -> Result<Self> {
         cfg.validate()?;
         let start = match opts.process_start_ns {
-            0 => devices::legacy::boot_timer::monotonic_ns(),
+            0 => util::time::monotonic_ns(),
             t => t,
         };
         let times = Arc::new(BootTimestamps::new(start));
@@ -271,7 +271,7 @@ impl Vm {
                     s.vmm_pss_kib,
                     s.guest_rss_kib
                 );
-                *devices::bus::lock(&self.mem_stats) = Some(s);
+                *util::sync::lock(&self.mem_stats) = Some(s);
             }
             Err(e) => log::debug!("cannot read /proc/self/smaps: {e}"),
         }

@@ -12,8 +12,9 @@ use vm_superio::Serial;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::{lock, BusDevice};
+use crate::bus::BusDevice;
 use crate::irq::IrqLine;
+use util::sync::lock;
 
 /// Ctrl-A: escape prefix on an interactive terminal; Ctrl-A x quits the VM.
 pub const ESCAPE_BYTE: u8 = 0x01;

@@ -11,8 +11,9 @@ use super::{
     features, has, read_config_bytes, status, Error, Interrupt, Mem, VirtioDevice,
     VirtioSubscriber, INT_CONFIG,
 };
-use crate::bus::{lock, BusDevice};
+use crate::bus::BusDevice;
 use crate::irq::IrqTrigger;
+use util::sync::lock;
 
 /// `MagicValue`: "virt" little-endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;

@@ -8,7 +8,7 @@ use log::error;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VirtioDevice;
-use crate::bus::lock;
+use util::sync::lock;
 
 /// `Events::data` of the activation eventfd.
 const TOKEN_ACTIVATE: u32 = 0x1_0000;

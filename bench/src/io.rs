@@ -505,7 +505,7 @@ pub fn run(args: &BenchArgs, kind: IoKind) -> Result<bool, BenchError> {
         IoKind::Blk => run_blk(args, &s, &kernel, &mut notes)?,
         IoKind::Net => run_net(args, &s, &kernel, &mut notes)?,
     };
-    if crate::host::is_pvm_host() {
+    if vmm::host::is_pvm_host() {
         notes.push(
             "PVM host: the guest driver runs in the host's instruction emulator, so the \
              guest rows measure the emulator more than Kiln's device path"

@@ -27,7 +27,7 @@ pub enum Command {
     /// Check /dev/kvm and the host's KVM features.
     Check,
     /// Time VM start-up (phases, memory, VMs/s) against runc and fork/exec.
-    Bench(vmm::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// `kiln run` flags; each overrides the config file.

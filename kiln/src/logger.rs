@@ -16,7 +16,7 @@ pub struct Logger {
     limiter: Mutex<LogLimiter>,
 }
 
-const BOOT_TIMER_TARGET: &str = "devices::legacy::boot_timer";
+const BOOT_TIMER_TARGET: &str = "devices::boot_timer";
 
 impl log::Log for Logger {
     fn enabled(&self, m: &Metadata) -> bool {

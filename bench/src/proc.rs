@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::devices_time::monotonic_ns;
+use util::time::monotonic_ns;
 
 /// How a timed child ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

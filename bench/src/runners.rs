@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::proc::{run_timed, Ended};
-use crate::devices_time::monotonic_ns;
+use util::time::monotonic_ns;
 
-use crate::timings::RunTimings;
+use vmm::timings::RunTimings;
 
 /// One timed run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -204,7 +204,7 @@ pub fn run_batch(
                     break;
                 }
                 let s = runner.run_once(i, scratch, timeout);
-                crate::devices_lock(&samples).push(s);
+                util::sync::lock(&samples).push(s);
             });
         }
     });

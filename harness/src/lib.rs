@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use vmm::harness::VmBuilder;
+//! use harness::VmBuilder;
 //!
 //! let mut vm = VmBuilder::new("/path/to/vmlinux")
 //!     .cmdline("console=ttyS0 reboot=k panic=1")
@@ -18,7 +18,7 @@
 //! vm.wait_for(r"Linux version \S+", Duration::from_secs(30))?;
 //! let outcome = vm.wait(Duration::from_secs(60))?;
 //! assert_eq!(outcome.code, Some(0));
-//! # Ok::<(), vmm::harness::HarnessError>(())
+//! # Ok::<(), harness::HarnessError>(())
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use regex::Regex;
 
-use crate::config::{BootProtocolConfig, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
-use crate::device_manager::SerialIo;
-use crate::exit::VmExit;
-use crate::vm::{RunOptions, StopHandle, Vm};
+use vmm::config::{BootProtocolConfig, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
+use vmm::device_manager::SerialIo;
+use vmm::exit::VmExit;
+use vmm::vm::{RunOptions, StopHandle, Vm};
 
 /// Harness errors. Timeouts carry the serial tail so a failing test shows what the
 /// guest last said.
@@ -82,7 +82,7 @@ pub enum HarnessError {
     },
     /// Building the in-process VM failed.
     #[error("VM setup failed: {0}")]
-    Vm(#[from] crate::Error),
+    Vm(#[from] vmm::Error),
 }
 
 type HResult<T> = std::result::Result<T, HarnessError>;
@@ -198,10 +198,7 @@ impl VmBuilder {
             .arg(&timings)
             .arg("--boot-timer")
             .args(&self.args)
-            .env(
-                "KILN_START_NS",
-                crate::devices_time::monotonic_ns().to_string(),
-            )
+            .env("KILN_START_NS", util::time::monotonic_ns().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -245,7 +242,7 @@ impl VmBuilder {
         let reader = serial.collect(out_r);
         let log = SerialLog::new();
         // No separate log stream in process: it is closed from the start.
-        crate::devices_lock(&log.0 .0).closed = true;
+        util::sync::lock(&log.0 .0).closed = true;
         Ok(RunningVm {
             serial,
             log,
@@ -345,7 +342,7 @@ impl SerialLog {
                     Ok(_) => {
                         let text = String::from_utf8_lossy(&buf);
                         let (state, cv) = &*log.0;
-                        let mut s = crate::devices_lock(state);
+                        let mut s = util::sync::lock(state);
                         match text.strip_suffix('\n') {
                             Some(line) => {
                                 let mut full = std::mem::take(&mut s.partial);
@@ -359,7 +356,7 @@ impl SerialLog {
                 }
             }
             let (state, cv) = &*log.0;
-            let mut s = crate::devices_lock(state);
+            let mut s = util::sync::lock(state);
             if !s.partial.is_empty() {
                 let p = std::mem::take(&mut s.partial);
                 s.lines.push(p);
@@ -372,7 +369,7 @@ impl SerialLog {
     /// Waits until the writer side has closed, or `deadline`.
     fn wait_closed(&self, deadline: Instant) {
         let (state, cv) = &*self.0;
-        let mut s = crate::devices_lock(state);
+        let mut s = util::sync::lock(state);
         while !s.closed {
             let now = Instant::now();
             if now >= deadline {
@@ -386,11 +383,11 @@ impl SerialLog {
     }
 
     fn lines(&self) -> Vec<String> {
-        crate::devices_lock(&self.0 .0).lines.clone()
+        util::sync::lock(&self.0 .0).lines.clone()
     }
 
     fn tail(&self, n: usize) -> String {
-        let s = crate::devices_lock(&self.0 .0);
+        let s = util::sync::lock(&self.0 .0);
         let start = s.lines.len().saturating_sub(n);
         let mut t = s.lines[start..].join("\n");
         if !s.partial.is_empty() {
@@ -404,7 +401,7 @@ impl SerialLog {
     /// None on timeout / close.
     fn wait(&self, re: &Regex, from: usize, deadline: Instant) -> (Option<(usize, String)>, bool) {
         let (state, cv) = &*self.0;
-        let mut s = crate::devices_lock(state);
+        let mut s = util::sync::lock(state);
         loop {
             if let Some((i, l)) = s
                 .lines
@@ -435,15 +432,15 @@ enum Backend {
         _dir: TempDir,
     },
     InProcess {
-        thread: Option<JoinHandle<crate::Result<VmExit>>>,
+        thread: Option<JoinHandle<vmm::Result<VmExit>>>,
         stop: StopHandle,
         input: Option<std::fs::File>,
-        times: Arc<devices::legacy::BootTimestamps>,
+        times: Arc<util::time::BootTimestamps>,
     },
 }
 
 /// Start-up milestones and memory of a run (the `kiln run --timings` record).
-pub use crate::timings::RunTimings as Timings;
+pub use vmm::timings::RunTimings as Timings;
 
 /// How a VM ended.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::runners::{Batch, Sample};
 use super::stats::Summary;
-use crate::timings::RunTimings;
+use vmm::timings::RunTimings;
 
 /// How a metric's raw values (µs or KiB) are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

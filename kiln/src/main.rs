@@ -16,7 +16,7 @@ use vmm::{RunOptions, Vm, VmExit};
 use cli::{Cli, Command, RunArgs};
 
 fn main() -> ExitCode {
-    let start = devices::legacy::boot_timer::monotonic_ns();
+    let start = util::time::monotonic_ns();
     let cli = Cli::parse();
     match cli.command {
         Command::Check => match vmm::host::check_report() {
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Run(args) => run(&args, start),
-        Command::Bench(args) => vmm::bench::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 
@@ -66,10 +66,10 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
     let times = vm.timestamps();
     let mem_stats = vm.mem_stats();
     let result = vm.run();
-    let end = devices::legacy::boot_timer::monotonic_ns();
+    let end = util::time::monotonic_ns();
     drop(_raw);
     if let Some(path) = &args.timings {
-        let stats = *devices::bus::lock(&mem_stats);
+        let stats = *util::sync::lock(&mem_stats);
         let record = RunTimings::collect(&times, Some(end), result.as_ref().ok(), stats);
         let json = serde_json::to_string(&record).unwrap_or_default();
         if let Err(e) = std::fs::write(path, json + "\n") {

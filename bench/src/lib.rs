@@ -122,8 +122,8 @@ impl BenchArgs {
     }
 }
 
-fn parse_memory(s: &str) -> Result<String, crate::config::ConfigError> {
-    crate::config::parse_size(s).map(|_| s.to_string())
+fn parse_memory(s: &str) -> Result<String, vmm::config::ConfigError> {
+    vmm::config::parse_size(s).map(|_| s.to_string())
 }
 
 /// Why `kiln bench` could not run.
@@ -217,8 +217,8 @@ impl HostFacts {
             kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
-            pvm: crate::host::is_pvm_host(),
-            kiln_check: crate::host::check_report().unwrap_or_else(|e| format!("error: {e}")),
+            pvm: vmm::host::is_pvm_host(),
+            kiln_check: vmm::host::check_report().unwrap_or_else(|e| format!("error: {e}")),
         }
     }
 }
@@ -402,7 +402,7 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
         .iter()
         .find(|b| b.batch.runner == "kiln VM" && b.batch.concurrency == 1);
     let targets = vm_seq.map(report::check_targets).unwrap_or_default();
-    if crate::host::is_pvm_host() {
+    if vmm::host::is_pvm_host() {
         notes.push(
             "PVM host: a non-PVM guest runs in the host's instruction emulator, so the \
              guest-side phases (first KVM_RUN → exit) are emulator-bound"

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::devices_time::monotonic_ns;
+use util::time::monotonic_ns;
 
 /// Longest console line kept (the rest is dropped).
 const MAX_LINE: usize = 4096;

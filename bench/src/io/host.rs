@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::devices_time::monotonic_ns;
+use util::time::monotonic_ns;
 
 /// Smallest disk the benchmark makes (so sequential runs have room before wrapping).
 pub const MIN_DISK_BYTES: u64 = 16 << 20;
