@@ -192,6 +192,6 @@ mod tests {
             lines <= u64::from(GLOBAL_BURST + 60 * GLOBAL_PER_SEC),
             "{lines}"
         );
-        assert_eq!(l.take_pending() > 0, true);
+        assert!(l.take_pending() > 0);
     }
 }
