@@ -121,10 +121,11 @@ fn command_line_too_long() {
 fn memory_zero_unparseable_and_too_large() {
     let out = kiln(&["--kernel", &elf(), "--memory", "0"]);
     assert_error(&out, &["--memory"]);
-    // clap reports parse errors itself, with exit code 2.
+    // clap reports parse errors itself; the status is 1 as for every configuration
+    // error (2 means the guest hit something KVM could not run).
     let out = kiln(&["--kernel", &elf(), "--memory", "lots"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("invalid size 'lots'"), "{err}");
     let out = kiln(&["--kernel", &elf(), "--memory", "100000G"]);
     assert_error(&out, &["host", "--memory"]);
@@ -194,4 +195,113 @@ fn kvm_device_not_permitted() {
         .unwrap();
     assert_error(&out, &["permission denied", "kvm"]);
     std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Runs `kiln run ARGS --serial none` and kills it if it has not ended within 20 s
+/// (start-up must never block on a bad input).
+fn kiln_within_20s(args: &[&str]) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(kiln_bin())
+        .arg("run")
+        .args(args)
+        .args(["--serial", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kiln");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kiln {args:?} still running after 20 s: start-up blocked");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut stderr).unwrap();
+    }
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    }
+}
+
+/// Asserts exactly one line on stderr.
+fn assert_one_line(out: &Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+#[test]
+fn disk_fifo_is_refused_without_blocking() {
+    let d = temp_dir("disk-fifo");
+    let fifo = d.join("fifo");
+    mkfifo(&fifo);
+    for opts in [",readonly=on", ""] {
+        let disk = format!("path={}{opts}", fifo.display());
+        let out = kiln_within_20s(&["--kernel", &elf(), "--disk", &disk]);
+        assert_error(&out, &[fifo.to_str().unwrap(), "FIFO", "regular file"]);
+        assert_one_line(&out);
+    }
+}
+
+#[test]
+fn disk_directory_is_refused() {
+    let d = temp_dir("disk-dir");
+    for opts in [",readonly=on", ""] {
+        let disk = format!("path={}{opts}", d.display());
+        let out = kiln_within_20s(&["--kernel", &elf(), "--disk", &disk]);
+        assert_error(&out, &[d.to_str().unwrap(), "a directory", "regular file"]);
+        assert_one_line(&out);
+    }
+}
+
+#[test]
+fn disk_character_device_is_refused() {
+    let out = kiln_within_20s(&["--kernel", &elf(), "--disk", "path=/dev/null"]);
+    assert_error(&out, &["/dev/null", "character device", "regular file"]);
+    assert_one_line(&out);
+}
+
+#[test]
+fn config_file_mac_is_validated() {
+    let d = temp_dir("cfg-mac");
+    let tap = harness::unique_tap_name("km");
+    let f = d.join("vm.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "kernel = \"{}\"\n[[nets]]\ntap = \"{tap}\"\nmac = \"02:00:00:00:00\"\n",
+            elf()
+        ),
+    )
+    .unwrap();
+    let out = kiln_within_20s(&["--config", f.to_str().unwrap()]);
+    assert_error(&out, &["02:00:00:00:00", &tap, "AA:BB:CC:DD:EE:FF"]);
+    assert_one_line(&out);
+    assert!(
+        !Path::new(&format!("/sys/class/net/{tap}")).exists(),
+        "TAP {tap} created for an invalid config"
+    );
+}
+
+#[test]
+fn memory_not_page_aligned() {
+    let out = kiln_within_20s(&["--kernel", &elf(), "--memory", "2049K"]);
+    assert_error(&out, &["4 KiB", "--memory 2048K"]);
+    assert_one_line(&out);
 }

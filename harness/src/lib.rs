@@ -29,10 +29,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use regex::Regex;
+use vmm_sys_util::tempdir::TempDir;
 
 use vmm::config::{BootProtocolConfig, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
 use vmm::device_manager::SerialIo;
-use vmm::exit::VmExit;
+use vmm::exit::{ExitKind, VmExit};
 use vmm::vm::{RunOptions, StopHandle, Vm};
 
 /// Harness errors. Timeouts carry the serial tail so a failing test shows what the
@@ -175,16 +176,16 @@ impl VmBuilder {
 
     /// Starts the VM as a child `kiln run` process, serial on its stdin/stdout.
     pub fn spawn(&self) -> HResult<RunningVm> {
-        let dir = TempDir::new().map_err(io_err("creating a temp dir"))?;
+        let dir = temp_dir().map_err(io_err("creating a temp dir"))?;
         let mut cfg = self.cfg.clone();
         cfg.serial = SerialConfig::Stdio;
-        let cfg_path = dir.path.join("vm.json");
+        let cfg_path = dir.as_path().join("vm.json");
         let json = serde_json::to_string(&cfg).map_err(|e| HarnessError::Io {
             what: "writing the VM config".into(),
             source: std::io::Error::other(e),
         })?;
         std::fs::write(&cfg_path, json).map_err(io_err("writing the VM config"))?;
-        let timings = dir.path.join("timings.json");
+        let timings = dir.as_path().join("timings.json");
         let kiln = self
             .kiln
             .clone()
@@ -289,29 +290,12 @@ fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
     })
 }
 
-/// A temp dir removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> std::io::Result<Self> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "kiln-harness-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// A fresh private directory (unique `mkdtemp` name) for one spawned VM's files,
+/// removed on drop.
+fn temp_dir() -> std::io::Result<TempDir> {
+    Ok(TempDir::new_with_prefix(
+        std::env::temp_dir().join("kiln-harness-"),
+    )?)
 }
 
 /// Lines read from a stream, shared with a reader thread.
@@ -456,6 +440,9 @@ pub struct Outcome {
     pub log: String,
     /// Start-up timings, when available.
     pub timings: Timings,
+    /// How the VM ended (e.g. [`ExitKind::TripleFault`] apart from a guest reset), for
+    /// child runs from the `--timings` record; `None` when Kiln did not say.
+    pub kind: Option<ExitKind>,
 }
 
 /// A VM started by a [`VmBuilder`]. Dropping it kills / stops the VM.
@@ -623,8 +610,10 @@ impl RunningVm {
         if !log.is_empty() {
             log_text = log;
         }
+        let kind = exit.as_ref().map(VmExit::kind).or(timings.exit_kind);
         Ok(Outcome {
             code,
+            kind,
             exit,
             serial: self.serial.lines(),
             log: log_text,

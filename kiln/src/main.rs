@@ -6,18 +6,28 @@ mod terminal;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
+use devices::legacy::serial::SerialOutput;
 use vmm::config::{SerialConfig, VmConfig};
 use vmm::device_manager::SerialIo;
 use vmm::timings::RunTimings;
-use vmm::{RunOptions, Vm, VmExit};
+use vmm::{RunOptions, StopHandle, Vm, VmExit};
 
 use cli::{Cli, Command, RunArgs};
 
 fn main() -> ExitCode {
     let start = util::time::monotonic_ns();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's message as clap prints it (help and version on stdout), but a usage
+            // error exits 1 like every configuration error: 2 means an emulation failure.
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.exit_code() != 0));
+        }
+    };
     match cli.command {
         Command::Check => match vmm::host::check_report() {
             Ok(report) => {
@@ -51,7 +61,8 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
         Err(e) => return fail(&e),
     };
     logger::init(args.log_level, cfg.boot_timer);
-    let (serial, _raw) = match serial_io(&cfg) {
+    let reader_gone = Arc::new(ReaderGone::default());
+    let (serial, _raw) = match serial_io(&cfg, &reader_gone) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -63,10 +74,12 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
         Ok(vm) => vm,
         Err(e) => return fail(&e),
     };
+    let _ = reader_gone.stop.set(vm.stop_handle());
     let times = vm.timestamps();
     let mem_stats = vm.mem_stats();
     let result = vm.run();
     let end = util::time::monotonic_ns();
+    log::logger().flush(); // how many lines rate limiting held back, if any
     drop(_raw);
     if let Some(path) = &args.timings {
         let stats = *util::sync::lock(&mem_stats);
@@ -78,8 +91,8 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
     }
     match result {
         Ok(exit) => {
-            if let VmExit::GuestFault(f) = &exit {
-                let _ = writeln!(std::io::stderr(), "kiln: error: {f}");
+            if exit.is_guest_failure() {
+                let _ = writeln!(std::io::stderr(), "kiln: error: {exit}");
             } else {
                 log::info!("VM ended: {exit}");
             }
@@ -89,7 +102,29 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
     }
 }
 
-fn serial_io(cfg: &VmConfig) -> vmm::Result<(SerialIo, Option<terminal::RawMode>)> {
+/// Stops the VM with [`VmExit::OutputClosed`] when the serial output's reader is gone
+/// (`EPIPE`). The output is built before the VM, so the handle is set afterwards.
+#[derive(Default)]
+struct ReaderGone {
+    stop: OnceLock<StopHandle>,
+}
+
+impl ReaderGone {
+    /// Serial output to `out` that stops the VM on `EPIPE`.
+    fn output(self: &Arc<Self>, out: Box<dyn Write + Send>) -> Box<dyn Write + Send> {
+        let me = self.clone();
+        Box::new(SerialOutput::new(out).on_reader_gone(move || {
+            if let Some(stop) = me.stop.get() {
+                stop.stop_with(VmExit::OutputClosed);
+            }
+        }))
+    }
+}
+
+fn serial_io(
+    cfg: &VmConfig,
+    reader_gone: &Arc<ReaderGone>,
+) -> vmm::Result<(SerialIo, Option<terminal::RawMode>)> {
     Ok(match &cfg.serial {
         SerialConfig::Stdio => {
             let stdin = std::io::stdin();
@@ -100,7 +135,7 @@ fn serial_io(cfg: &VmConfig) -> vmm::Result<(SerialIo, Option<terminal::RawMode>
                     false => None,
                 };
             let io = SerialIo {
-                out: Box::new(std::io::stdout()),
+                out: reader_gone.output(Box::new(std::io::stdout())),
                 input,
                 escape: raw.is_some(),
             };
@@ -116,7 +151,7 @@ fn serial_io(cfg: &VmConfig) -> vmm::Result<(SerialIo, Option<terminal::RawMode>
                     source,
                 })?;
             let io = SerialIo {
-                out: Box::new(f),
+                out: reader_gone.output(Box::new(f)),
                 input: None,
                 escape: false,
             };

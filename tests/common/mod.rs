@@ -1,12 +1,15 @@
 //! Shared helpers for Kiln's integration tests: guest artifacts and the harness.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use harness::VmBuilder;
+use vmm_sys_util::tempdir::TempDir;
 
 /// Repository root.
 pub fn repo() -> PathBuf {
@@ -68,12 +71,27 @@ pub fn fnv1a(data: &[u8]) -> u32 {
     })
 }
 
-/// A unique temp dir for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("creating temp dir");
-    d
+/// A test's own temp dir: a fresh `mkdtemp` directory, removed when the value is dropped,
+/// so a test leaves nothing behind even when it fails half-way.
+pub struct TestDir(TempDir);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.as_path()
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        self.0.as_path()
+    }
+}
+
+/// A unique temp dir for one test (`kiln-test-<name>-XXXXXX`), removed on drop.
+pub fn temp_dir(name: &str) -> TestDir {
+    let prefix = std::env::temp_dir().join(format!("kiln-test-{name}-"));
+    TestDir(TempDir::new_with_prefix(prefix).expect("creating temp dir"))
 }
 
 /// Deterministic pseudo-random bytes.

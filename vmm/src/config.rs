@@ -10,6 +10,8 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 pub const DEFAULT_MEMORY: u64 = 128 << 20;
 /// Smallest guest memory Kiln accepts: room for the boot structures and a kernel.
 pub const MIN_MEMORY: u64 = 2 << 20;
+/// Guest memory is a whole number of pages of this size (KVM maps memory by pages).
+pub const PAGE_SIZE: u64 = 4096;
 
 /// Errors in the configuration (file or flags).
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,27 @@ pub enum ConfigError {
     /// A `--serial` value that is not stdio, file=PATH or none.
     #[error("invalid --serial '{0}': use stdio, file=PATH or none")]
     Serial(String),
+    /// Memory that is not a whole number of 4 KiB pages.
+    #[error("memory {bytes} bytes is not a multiple of 4 KiB (the page size): give whole pages, e.g. --memory {}K", bytes / 4096 * 4)]
+    MemoryNotPageAligned {
+        /// The size asked for.
+        bytes: u64,
+    },
+    /// A net's MAC address (from the config file) is invalid.
+    #[error("invalid MAC '{mac}' for net tap={tap}: {why}")]
+    Mac {
+        /// The TAP the net is on.
+        tap: String,
+        /// The MAC as given.
+        mac: String,
+        /// What is wrong and how to write it.
+        why: &'static str,
+    },
+    /// A net's TAP name (from the config file) is invalid.
+    #[error(
+        "invalid tap name '{0}' in the config file: use 1 to 15 characters, e.g. tap = \"kiln0\""
+    )]
+    TapName(String),
     /// A `--disk`/`--net` option string that could not be parsed.
     #[error("invalid {what} '{value}': {why}")]
     DeviceOption {
@@ -259,11 +282,17 @@ impl VmConfig {
         if self.memory.0 < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(self.memory.0));
         }
-        match self.cpus {
-            0 => Err(ConfigError::ZeroCpus),
-            n if n > 254 => Err(ConfigError::TooManyCpus(n)),
-            _ => Ok(()),
+        if !self.memory.0.is_multiple_of(PAGE_SIZE) {
+            return Err(ConfigError::MemoryNotPageAligned {
+                bytes: self.memory.0,
+            });
         }
+        match self.cpus {
+            0 => return Err(ConfigError::ZeroCpus),
+            n if n > 254 => return Err(ConfigError::TooManyCpus(n)),
+            _ => {}
+        }
+        self.nets.iter().try_for_each(NetConfig::check)
     }
 }
 
@@ -345,16 +374,51 @@ impl std::str::FromStr for NetConfig {
                 _ => return Err(bad(format!("unknown key '{k}': use tap, mac"))),
             }
         }
-        if net.tap.is_empty() || net.tap.len() > 15 {
+        if !tap_name_ok(&net.tap) {
             return Err(bad(
                 "tap name must be 1 to 15 characters: use --net tap=NAME".into(),
             ));
         }
         if let Some(m) = &net.mac {
-            parse_mac(m).ok_or_else(|| bad(format!("mac '{m}' is not AA:BB:CC:DD:EE:FF")))?;
+            check_mac(m).map_err(|why| bad(format!("mac '{m}': {why}")))?;
         }
         Ok(net)
     }
+}
+
+impl NetConfig {
+    /// The checks `--net` applies, for nets from a config file: a valid TAP name and,
+    /// when given, a valid MAC.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !tap_name_ok(&self.tap) {
+            return Err(ConfigError::TapName(self.tap.clone()));
+        }
+        match &self.mac {
+            Some(m) => check_mac(m).map(drop).map_err(|why| ConfigError::Mac {
+                tap: self.tap.clone(),
+                mac: m.clone(),
+                why,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn tap_name_ok(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+}
+
+/// A MAC a NIC can have: six hex bytes, not multicast (bit 0 of the first byte clear).
+fn check_mac(s: &str) -> Result<[u8; 6], &'static str> {
+    let mac = parse_mac(s).ok_or(
+        "write it as six hex bytes AA:BB:CC:DD:EE:FF, e.g. 02:00:00:00:00:01, or leave it out",
+    )?;
+    if mac[0] & 1 != 0 {
+        return Err(
+            "it is a multicast address: clear bit 0 of the first byte, e.g. 02:00:00:00:00:01",
+        );
+    }
+    Ok(mac)
 }
 
 /// Parses a MAC address `AA:BB:CC:DD:EE:FF`.
@@ -434,6 +498,69 @@ mod tests {
         c.cpus = 1;
         c.memory = MemSize(0);
         assert!(matches!(c.validate(), Err(ConfigError::MemoryTooSmall(0))));
+    }
+
+    #[test]
+    fn memory_must_be_whole_pages() {
+        let mut c = VmConfig {
+            kernel: Some("/k".into()),
+            memory: MemSize(parse_size("2049K").unwrap()),
+            ..VmConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::MemoryNotPageAligned { bytes } if bytes == 2049 << 10),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("--memory 2048K"), "{err}");
+        c.memory = MemSize(parse_size("2052K").unwrap());
+        c.validate().unwrap();
+    }
+
+    fn with_net(tap: &str, mac: Option<&str>) -> VmConfig {
+        VmConfig {
+            kernel: Some("/k".into()),
+            nets: vec![NetConfig {
+                tap: tap.into(),
+                mac: mac.map(String::from),
+            }],
+            ..VmConfig::default()
+        }
+    }
+
+    #[test]
+    fn config_file_macs_are_validated() {
+        with_net("kiln0", Some("02:00:00:00:00:01"))
+            .validate()
+            .unwrap();
+        with_net("kiln0", None).validate().unwrap();
+        let err = with_net("kiln0", Some("zz")).validate().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Mac { mac, .. } if mac == "zz"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("AA:BB:CC:DD:EE:FF"), "{err}");
+    }
+
+    #[test]
+    fn multicast_macs_are_rejected() {
+        let err = with_net("kiln0", Some("01:00:5e:00:00:01"))
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("multicast"), "{err}");
+        assert!("tap=kiln0,mac=03:00:00:00:00:01"
+            .parse::<NetConfig>()
+            .is_err());
+    }
+
+    #[test]
+    fn config_file_tap_names_are_validated() {
+        let err = with_net("", None).validate().unwrap_err();
+        assert!(matches!(err, ConfigError::TapName(_)), "{err:?}");
+        let err = with_net("averyveryverylongname", None)
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::TapName(_)), "{err:?}");
     }
 
     #[test]

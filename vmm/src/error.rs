@@ -97,6 +97,16 @@ pub enum Error {
     /// The event loop failed.
     #[error("event loop: {0}")]
     EventLoop(#[from] event_manager::Error),
+    /// `KVM_SET_MSRS` set fewer MSRs than asked.
+    #[error("KVM_SET_MSRS set only {set} of {wanted} MSRs: this host's KVM rejects MSR {rejected:#x}; upgrade the host kernel or report it with `kiln check` output")]
+    MsrsNotSet {
+        /// How many KVM set (the entries before the rejected one).
+        set: usize,
+        /// How many Kiln asked for.
+        wanted: usize,
+        /// The index of the first MSR KVM rejected.
+        rejected: u32,
+    },
 }
 
 /// Result with the VMM's error.

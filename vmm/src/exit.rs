@@ -3,12 +3,13 @@
 use std::fmt;
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why a VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
-    /// The guest reset the machine (i8042 reset, triple fault or a KVM reset event).
+    /// The guest reset the machine (i8042 reset or a KVM reset event).
     Reset,
     /// The guest powered off (KVM system event).
     PowerOff,
@@ -18,17 +19,76 @@ pub enum VmExit {
     Stopped,
     /// The guest hit something the host could not run; see the fault.
     GuestFault(GuestFault),
+    /// A vCPU triple-faulted (`KVM_EXIT_SHUTDOWN`): the guest crashed, it did not ask
+    /// for a reset.
+    TripleFault {
+        /// The vCPU index.
+        vcpu: u32,
+        /// Guest RIP after the fault, when KVM reported it.
+        rip: Option<u64>,
+    },
+    /// The reader of the serial console output went away (`EPIPE`), so Kiln stopped the
+    /// VM the way a command-line tool ends on a closed pipe.
+    OutputClosed,
+}
+
+/// Exit status for a triple fault.
+pub const EXIT_TRIPLE_FAULT: i32 = 3;
+/// Exit status when the console output's reader is gone: 128 + SIGPIPE, what a shell
+/// reports for a pipeline stage killed by SIGPIPE.
+pub const EXIT_OUTPUT_CLOSED: i32 = 128 + libc::SIGPIPE;
+
+/// How a VM ended, without the details: what `--timings` and the harness report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitKind {
+    /// [`VmExit::Reset`].
+    Reset,
+    /// [`VmExit::PowerOff`].
+    PowerOff,
+    /// [`VmExit::Signal`].
+    Signal,
+    /// [`VmExit::Stopped`].
+    Stopped,
+    /// [`VmExit::GuestFault`].
+    GuestFault,
+    /// [`VmExit::TripleFault`].
+    TripleFault,
+    /// [`VmExit::OutputClosed`].
+    OutputClosed,
 }
 
 impl VmExit {
     /// The process exit status Kiln uses for this exit: 0 for a guest reset, power-off or
-    /// user stop, 128+N for signal N, 2 for a guest fault.
+    /// user stop, 128+N for signal N, 2 for a guest fault, 3 for a triple fault, 141
+    /// (128 + SIGPIPE) when the console output's reader is gone.
     pub fn exit_code(&self) -> i32 {
         match self {
             VmExit::Reset | VmExit::PowerOff | VmExit::Stopped => 0,
             VmExit::Signal(n) => 128 + n,
             VmExit::GuestFault(_) => 2,
+            VmExit::TripleFault { .. } => EXIT_TRIPLE_FAULT,
+            VmExit::OutputClosed => EXIT_OUTPUT_CLOSED,
         }
+    }
+
+    /// The kind of exit, without its details.
+    pub fn kind(&self) -> ExitKind {
+        match self {
+            VmExit::Reset => ExitKind::Reset,
+            VmExit::PowerOff => ExitKind::PowerOff,
+            VmExit::Signal(_) => ExitKind::Signal,
+            VmExit::Stopped => ExitKind::Stopped,
+            VmExit::GuestFault(_) => ExitKind::GuestFault,
+            VmExit::TripleFault { .. } => ExitKind::TripleFault,
+            VmExit::OutputClosed => ExitKind::OutputClosed,
+        }
+    }
+
+    /// Whether Kiln reports this exit as an error (on stderr, whatever the log level):
+    /// the guest crashed or stopped on something the host could not run.
+    pub fn is_guest_failure(&self) -> bool {
+        matches!(self, VmExit::GuestFault(_) | VmExit::TripleFault { .. })
     }
 }
 
@@ -40,6 +100,20 @@ impl fmt::Display for VmExit {
             VmExit::Signal(n) => write!(f, "stopped by signal {n}"),
             VmExit::Stopped => write!(f, "stopped on request"),
             VmExit::GuestFault(g) => write!(f, "{g}"),
+            VmExit::TripleFault { vcpu, rip } => {
+                write!(f, "vCPU {vcpu} triple-faulted (KVM_EXIT_SHUTDOWN)")?;
+                if let Some(rip) = rip {
+                    write!(f, " at RIP {rip:#x}")?;
+                }
+                write!(
+                    f,
+                    ": the guest crashed on a fault it could not handle (not a reset)"
+                )
+            }
+            VmExit::OutputClosed => write!(
+                f,
+                "the serial console output's reader is gone (EPIPE): VM stopped"
+            ),
         }
     }
 }
@@ -159,5 +233,44 @@ mod tests {
         assert!(s.contains("emulation failure"), "{s}");
         assert!(s.contains("PVM"), "{s}");
         assert_eq!(VmExit::GuestFault(g).exit_code(), 2);
+    }
+
+    #[test]
+    fn triple_fault_has_its_own_status_and_kind() {
+        let t = VmExit::TripleFault {
+            vcpu: 1,
+            rip: Some(0x1034df),
+        };
+        assert_eq!(t.exit_code(), 3);
+        assert_eq!(t.kind(), ExitKind::TripleFault);
+        assert!(t.is_guest_failure());
+        let s = t.to_string();
+        assert!(s.contains("vCPU 1 triple-faulted"), "{s}");
+        assert!(s.contains("RIP 0x1034df"), "{s}");
+        let no_rip = VmExit::TripleFault { vcpu: 0, rip: None }.to_string();
+        assert!(!no_rip.contains("RIP"), "{no_rip}");
+    }
+
+    #[test]
+    fn guest_requested_reset_and_power_off_stay_zero() {
+        for e in [VmExit::Reset, VmExit::PowerOff, VmExit::Stopped] {
+            assert_eq!(e.exit_code(), 0, "{e}");
+            assert!(!e.is_guest_failure(), "{e}");
+        }
+    }
+
+    #[test]
+    fn closed_output_ends_like_a_pipeline_stage() {
+        assert_eq!(VmExit::OutputClosed.exit_code(), 141);
+        assert_eq!(VmExit::OutputClosed.kind(), ExitKind::OutputClosed);
+        assert!(VmExit::OutputClosed.to_string().contains("EPIPE"));
+    }
+
+    #[test]
+    fn exit_kinds_serialize_as_kebab_case() {
+        let json = serde_json::to_string(&ExitKind::TripleFault).unwrap();
+        assert_eq!(json, "\"triple-fault\"");
+        let back: ExitKind = serde_json::from_str("\"output-closed\"").unwrap();
+        assert_eq!(back, ExitKind::OutputClosed);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use util::time::BootTimestamps;
 
-use crate::exit::VmExit;
+use crate::exit::{ExitKind, VmExit};
 use crate::memstats::MemStats;
 
 /// One VM run's milestones, memory use and exit.
@@ -31,8 +31,12 @@ pub struct RunTimings {
     pub vmm_pss_kib: Option<u64>,
     /// Resident guest RAM.
     pub guest_rss_kib: Option<u64>,
-    /// How the VM ended.
+    /// How the VM ended, in words.
     pub exit: Option<String>,
+    /// How the VM ended, as a keyword (`reset`, `power-off`, `signal`, `stopped`,
+    /// `guest-fault`, `triple-fault`, `output-closed`).
+    #[serde(default)]
+    pub exit_kind: Option<ExitKind>,
 }
 
 impl RunTimings {
@@ -57,6 +61,7 @@ impl RunTimings {
             vmm_pss_kib: mem.map(|m| m.vmm_pss_kib),
             guest_rss_kib: mem.map(|m| m.guest_rss_kib),
             exit: exit.map(|e| e.to_string()),
+            exit_kind: exit.map(VmExit::kind),
         }
     }
 
@@ -80,7 +85,23 @@ mod tests {
         assert_eq!(t.first_kvm_run_us, Some(950));
         assert_eq!(t.boot_timer_us, None);
         assert_eq!(t.exit.as_deref(), Some("reset"));
+        assert_eq!(t.exit_kind, None);
         assert_eq!(RunTimings::parse("garbage"), RunTimings::default());
+    }
+
+    #[test]
+    fn records_a_triple_fault_as_its_own_kind() {
+        let times = BootTimestamps::new(1_000_000);
+        let exit = VmExit::TripleFault {
+            vcpu: 0,
+            rip: Some(0x1000),
+        };
+        let t = RunTimings::collect(&times, None, Some(&exit), None);
+        assert_eq!(t.exit_kind, Some(ExitKind::TripleFault));
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains(r#""exit_kind":"triple-fault""#), "{json}");
+        assert!(json.contains("triple-faulted"), "{json}");
+        assert_eq!(RunTimings::parse(&json), t);
     }
 
     #[test]

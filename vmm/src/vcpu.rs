@@ -15,7 +15,7 @@ use boot::{EntryPoint, GuestMemoryMmap};
 use devices::Bus;
 use kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN;
 use kvm_bindings::{
-    kvm_run, kvm_sregs, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    kvm_msr_entry, kvm_run, kvm_sregs, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use util::time::BootTimestamps;
@@ -99,8 +99,10 @@ pub fn configure(
     let mut cpuid = supported.clone();
     x86::cpuid::fixup(&mut cpuid, id, cpus);
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-    let msrs = Msrs::from_entries(&x86::msr::boot_msr_entries()).map_err(Error::MsrList)?;
-    vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+    let entries = x86::msr::boot_msr_entries();
+    let msrs = Msrs::from_entries(&entries).map_err(Error::MsrList)?;
+    let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+    check_msrs_set(&entries, set)?;
     vcpu.set_fpu(&x86::fpu::boot_fpu())
         .map_err(kvm_err("KVM_SET_FPU"))?;
     let mut lapic = vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
@@ -116,10 +118,23 @@ pub fn configure(
     Ok(())
 }
 
+/// `KVM_SET_MSRS` stops at the first MSR KVM rejects and returns how many it set.
+fn check_msrs_set(entries: &[kvm_msr_entry], set: usize) -> Result<()> {
+    match entries.get(set) {
+        None => Ok(()),
+        Some(rejected) => Err(Error::MsrsNotSet {
+            set,
+            wanted: entries.len(),
+            rejected: rejected.index,
+        }),
+    }
+}
+
 enum Step {
     Continue,
     Stop(VmExit),
     Fault(&'static str, Option<u32>),
+    TripleFault,
 }
 
 /// Runs vCPU `id` until the VM stops. Called on the vCPU's own thread.
@@ -148,6 +163,11 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
             Step::Continue => {}
             Step::Stop(exit) => {
                 ctx.latch.set(exit);
+                break;
+            }
+            Step::TripleFault => {
+                let rip = vcpu.get_regs().ok().map(|r| r.rip);
+                ctx.latch.set(VmExit::TripleFault { vcpu: id, rip });
                 break;
             }
             Step::Fault(reason, suberror) => {
@@ -191,10 +211,7 @@ fn handle_exit(exit: VcpuExit, ctx: &VcpuContext) -> Step {
             Step::Continue
         }
         VcpuExit::Hlt => Step::Stop(VmExit::PowerOff),
-        VcpuExit::Shutdown => {
-            log::warn!("guest triple-faulted (KVM_EXIT_SHUTDOWN): treating it as a reset");
-            Step::Stop(VmExit::Reset)
-        }
+        VcpuExit::Shutdown => Step::TripleFault,
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => Step::Stop(VmExit::PowerOff),
             KVM_SYSTEM_EVENT_RESET => Step::Stop(VmExit::Reset),
@@ -316,5 +333,25 @@ mod tests {
         assert_eq!(walk_page_tables(&mem, &s, 0x20_1234), Some(0x20_1234));
         assert_eq!(walk_page_tables(&mem, &s, 0x1234), None);
         assert!(read_bytes(&mem, 0x1f_fffe, 16).len() == 2);
+    }
+
+    #[test]
+    fn all_msrs_set_is_ok() {
+        let entries = x86::msr::boot_msr_entries();
+        check_msrs_set(&entries, entries.len()).unwrap();
+    }
+
+    #[test]
+    fn fewer_msrs_set_names_the_rejected_one() {
+        let entries = x86::msr::boot_msr_entries();
+        let err = check_msrs_set(&entries, 3).unwrap_err();
+        assert!(
+            matches!(err, Error::MsrsNotSet { set: 3, wanted, rejected }
+                if wanted == entries.len() && rejected == entries[3].index),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("3 of"), "{msg}");
+        assert!(msg.contains(&format!("{:#x}", entries[3].index)), "{msg}");
     }
 }

@@ -60,7 +60,13 @@ pub struct StopHandle(Arc<ExitLatch>);
 impl StopHandle {
     /// Asks the VM to stop; [`Vm::run`] then returns [`VmExit::Stopped`].
     pub fn stop(&self) {
-        self.0.set(VmExit::Stopped);
+        self.stop_with(VmExit::Stopped);
+    }
+
+    /// Asks the VM to stop with `exit` as the reason [`Vm::run`] returns (the first
+    /// reason recorded wins).
+    pub fn stop_with(&self, exit: VmExit) {
+        self.0.set(exit);
     }
 }
 

@@ -30,22 +30,105 @@ impl SerialEvents for RxDrained {
     }
     fn out_byte(&self) {}
     fn tx_lost_byte(&self) {
-        log::warn!("serial: lost an output byte");
+        // Only a failed write loses a byte, and SerialOutput reports those (once).
     }
     fn in_buffer_empty(&self) {}
 }
 
+/// Guest console output with Kiln's write-error policy, so a guest cannot turn a broken
+/// output into a flood of log lines: the first error is logged once and every later byte
+/// is dropped (the guest sees no error and the VM keeps running). When that error is
+/// `EPIPE` (the reader is gone) and [`SerialOutput::on_reader_gone`] set a hook, the hook
+/// runs instead, once: `kiln run` stops the VM there. A would-block error drops that
+/// output only (logged once).
+pub struct SerialOutput {
+    out: Box<dyn Write + Send>,
+    failed: bool,
+    warned_would_block: bool,
+    on_reader_gone: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl SerialOutput {
+    /// Output to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out,
+            failed: false,
+            warned_would_block: false,
+            on_reader_gone: None,
+        }
+    }
+
+    /// Runs `hook` (once) when a write fails with `EPIPE`.
+    pub fn on_reader_gone(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.on_reader_gone = Some(Box::new(hook));
+        self
+    }
+
+    /// Whether output is being dropped after an error.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Applies the policy to one result of the underlying writer.
+    fn check<T>(&mut self, r: std::io::Result<T>, dropped: T) -> std::io::Result<T> {
+        use std::io::ErrorKind;
+        let e = match r {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
+            Err(e) => e,
+        };
+        if e.kind() == ErrorKind::WouldBlock {
+            if !std::mem::replace(&mut self.warned_would_block, true) {
+                log::warn!("serial: console output would block: dropping output while it does");
+            }
+            return Ok(dropped);
+        }
+        self.failed = true;
+        match (e.kind(), self.on_reader_gone.take()) {
+            (ErrorKind::BrokenPipe, Some(hook)) => {
+                log::warn!("serial: the console output's reader is gone (EPIPE): stopping the VM");
+                hook();
+            }
+            _ => log::warn!(
+                "serial: writing console output failed: {e}; dropping further output (the VM \
+                 keeps running)"
+            ),
+        }
+        Ok(dropped)
+    }
+}
+
+impl Write for SerialOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.failed {
+            return Ok(buf.len());
+        }
+        let r = self.out.write(buf);
+        self.check(r, buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let r = self.out.flush();
+        self.check(r, ())
+    }
+}
+
 /// The UART as a bus device (8 ports from its base).
 pub struct SerialDevice {
-    uart: Serial<IrqLine, RxDrained, Box<dyn Write + Send>>,
+    uart: Serial<IrqLine, RxDrained, SerialOutput>,
 }
 
 impl SerialDevice {
-    /// A UART raising `irq`, writing guest output to `out`, and signalling
-    /// `drained` whenever the guest reads from the receive FIFO.
+    /// A UART raising `irq`, writing guest output to `out` under the [`SerialOutput`]
+    /// policy (an `out` that is itself a `SerialOutput` keeps its own hook), and
+    /// signalling `drained` whenever the guest reads from the receive FIFO.
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>, drained: EventFd) -> Self {
         Self {
-            uart: Serial::with_events(irq, RxDrained(drained), out),
+            uart: Serial::with_events(irq, RxDrained(drained), SerialOutput::new(out)),
         }
     }
 
@@ -74,13 +157,12 @@ impl BusDevice for SerialDevice {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(&b), Ok(ofs)) = (data.first(), u8::try_from(offset)) {
-            if let Err(e) = self.uart.write(ofs, b) {
-                log::warn!("serial: write failed: {e:?}");
+            // Output errors are handled (and logged once) by SerialOutput.
+            if let Err(vm_superio::serial::Error::Trigger(e)) = self.uart.write(ofs, b) {
+                log::debug!("serial: cannot raise the interrupt: {e}");
             }
             if ofs == 0 {
-                if let Err(e) = self.uart.writer_mut().flush() {
-                    log::warn!("serial: flushing output failed: {e}");
-                }
+                let _ = self.uart.writer_mut().flush();
             }
         }
     }
@@ -270,6 +352,88 @@ mod tests {
         dev.read(0, &mut b);
         assert_eq!(b[0], b'a');
         assert_eq!(dev.enqueue_input(&big), 1);
+    }
+
+    /// A writer whose every call fails with `errno`, counting the calls.
+    struct Failing(i32, Arc<std::sync::atomic::AtomicUsize>);
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(std::io::Error::from_raw_os_error(self.0))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn failing(errno: i32) -> (Box<Failing>, Arc<std::sync::atomic::AtomicUsize>) {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (Box::new(Failing(errno, calls.clone())), calls)
+    }
+
+    #[test]
+    fn full_disk_drops_output_after_the_first_error() {
+        let (w, calls) = failing(libc::ENOSPC);
+        let mut out = SerialOutput::new(w);
+        assert_eq!(out.write(b"abc").unwrap(), 3);
+        assert!(out.failed());
+        assert_eq!(out.write(b"def").unwrap(), 3);
+        out.flush().unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn closed_pipe_runs_the_hook_once() {
+        let (w, calls) = failing(libc::EPIPE);
+        let stops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let s = stops.clone();
+        let mut out = SerialOutput::new(w).on_reader_gone(move || {
+            s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        for _ in 0..10 {
+            assert_eq!(out.write(b"x").unwrap(), 1);
+        }
+        assert_eq!(stops.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn other_errors_do_not_run_the_reader_gone_hook() {
+        let (w, _) = failing(libc::EIO);
+        let stops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let s = stops.clone();
+        let mut out = SerialOutput::new(w).on_reader_gone(move || {
+            s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        out.write_all(b"xyz").unwrap();
+        assert!(out.failed());
+        assert_eq!(stops.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn would_block_drops_only_that_output() {
+        let (w, calls) = failing(libc::EAGAIN);
+        let mut out = SerialOutput::new(w);
+        out.write_all(b"a").unwrap();
+        out.write_all(b"b").unwrap();
+        assert!(!out.failed());
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn uart_keeps_running_after_an_output_error() {
+        let (w, calls) = failing(libc::ENOSPC);
+        let irq = IrqLine::new(4).unwrap();
+        let drained = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(irq, w, drained);
+        for b in b"many bytes" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The transmitter still reports empty (LSR bits 5 and 6): the guest is not stuck.
+        let mut lsr = [0u8];
+        dev.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 0x60, 0x60);
     }
 
     #[test]

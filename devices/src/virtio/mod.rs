@@ -191,6 +191,14 @@ pub enum Error {
     /// A device thread's event loop could not be built.
     #[error("cannot build a device thread's event loop: {0}")]
     EventLoop(#[source] event_manager::Error),
+    /// The disk path is not a regular file or a block device.
+    #[error("disk image {path} is {what}, not a regular file or a block device: give an image file (e.g. made with truncate -s 1G disk.img) or a block device")]
+    DiskNotAFile {
+        /// The image path.
+        path: PathBuf,
+        /// What it is instead ("a directory", "a FIFO (named pipe)", ...).
+        what: &'static str,
+    },
 }
 
 /// A device's interrupt: the MMIO `InterruptStatus` register plus the line it raises.

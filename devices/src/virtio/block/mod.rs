@@ -5,12 +5,11 @@
 //! driver does not negotiate `VIRTIO_BLK_F_FLUSH` the device is write-through: each
 //! write is followed by `fdatasync` before it completes.
 
+mod disk_file;
 mod guest_io;
 mod request;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,19 +88,6 @@ pub struct Block {
     active: Option<Active>,
 }
 
-fn open_hint(kind: std::io::ErrorKind, raw: Option<i32>, read_only: bool) -> &'static str {
-    use std::io::ErrorKind::*;
-    match (kind, raw) {
-        (NotFound, _) => "; check the path",
-        (_, Some(libc::EROFS)) => "; the filesystem is read-only: set read_only = true",
-        (PermissionDenied, _) if !read_only => {
-            "; make the file readable and writable by this user, or set read_only = true"
-        }
-        (PermissionDenied, _) => "; make the file readable by this user",
-        _ => "",
-    }
-}
-
 impl Block {
     /// Opens and locks the image described by `cfg`.
     pub fn new(cfg: BlockConfig) -> Result<Self, Error> {
@@ -115,37 +101,7 @@ impl Block {
                 return Err(Error::BlockIdTooLong(id.clone()));
             }
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(&path)
-            .map_err(|source| Error::DiskOpen {
-                hint: open_hint(source.kind(), source.raw_os_error(), read_only),
-                path: path.clone(),
-                source,
-            })?;
-        let op = if read_only {
-            libc::LOCK_SH
-        } else {
-            libc::LOCK_EX
-        };
-        // SAFETY: flock on a file descriptor we own; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(Error::DiskLocked { path });
-            }
-            warn!(
-                "virtio-blk: cannot lock {}: {e}; continuing unlocked",
-                path.display()
-            );
-        }
-        let size = file
-            .seek(SeekFrom::End(0))
-            .map_err(|source| Error::DiskSize {
-                path: path.clone(),
-                source,
-            })?;
+        let disk_file::DiskFile { file, size } = disk_file::open(&path, read_only)?;
         if size & (SECTOR_SIZE - 1) != 0 {
             warn!(
                 "virtio-blk: {} is {size} bytes, not a multiple of {SECTOR_SIZE}: the last \

@@ -231,6 +231,67 @@ impl NetBackend for Sock {
     }
 }
 
+impl Rig {
+    fn needs_reset(&self) -> bool {
+        self.net.active.as_ref().unwrap().interrupt.needs_reset()
+    }
+}
+
+#[test]
+fn tx_avail_index_far_ahead_needs_reset() {
+    let mut r = rig();
+    r.tx.avail().idx().store(1000);
+    assert!(!r.net.process_queue(TX_QUEUE), "no work left once broken");
+    assert!(r.needs_reset());
+    assert_eq!(used_idx(r.tx), 0);
+    assert_eq!(r.irq.count(), 1, "one config-change interrupt");
+    // Stopped until reset: nothing is sent, the backend is no longer watched.
+    add_chain(r.tx, 0, &[(BUF, 60, false)]);
+    r.net.process_queue(TX_QUEUE);
+    assert!(r.st.lock().unwrap().tx.is_empty());
+}
+
+#[test]
+fn rx_avail_index_far_ahead_needs_reset() {
+    let mut r = rig();
+    r.st.lock().unwrap().rx.push_back(frame(60, 0x22));
+    r.rx.avail().idx().store(1000);
+    assert!(!r.net.process_queue(RX_QUEUE));
+    assert!(r.needs_reset());
+    assert_eq!(used_idx(r.rx), 0);
+}
+
+#[test]
+fn rx_head_beyond_queue_needs_reset() {
+    let mut r = rig();
+    r.st.lock().unwrap().rx.push_back(frame(60, 0x22));
+    r.rx.avail().ring().ref_at(0).unwrap().store(200);
+    r.rx.avail().idx().store(1);
+    r.net.process_queue(RX_QUEUE);
+    assert!(r.needs_reset());
+    assert_eq!(used_idx(r.rx), 0);
+}
+
+#[test]
+fn tx_pass_yields_after_queue_size_frames() {
+    let mut r = rig();
+    let f = frame(60, 0x33);
+    r.mem.write_slice(&f, GuestAddress(BUF)).unwrap();
+    // Every descriptor is a whole frame, so any head below 16 is a valid chain: the
+    // mock lays its used ring over avail entries 8..15, which then read as such heads.
+    for i in 0..16u16 {
+        let d = SplitDescriptor::new(BUF, 60, 0, 0);
+        r.tx.desc_table().store(i, RawDescriptor::from(d)).unwrap();
+    }
+    for i in 0..8u16 {
+        r.tx.avail().ring().ref_at(usize::from(i)).unwrap().store(i);
+    }
+    r.tx.avail().idx().store(16);
+    assert!(r.net.process_queue(TX_QUEUE), "16 frames: the pass yields");
+    assert_eq!(r.st.lock().unwrap().tx.len(), 16);
+    assert!(!r.net.process_queue(TX_QUEUE), "nothing left");
+}
+
 #[test]
 fn end_to_end_through_transport_and_event_loop() {
     let (ours, peer) = UnixDatagram::pair().unwrap();
