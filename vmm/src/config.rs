@@ -127,18 +127,8 @@ impl From<SerialConfig> for String {
     }
 }
 
-/// Which entry point to use for ELF kernels that offer PVH.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BootProtocolConfig {
-    /// PVH when the ELF carries the PVH note, else the 64-bit Linux boot protocol.
-    #[default]
-    Auto,
-    /// Always the 64-bit Linux boot protocol.
-    Linux,
-    /// PVH (error if the kernel has no PVH note).
-    Pvh,
-}
+/// Which entry point to use for ELF kernels that offer PVH: the boot crate's own type.
+pub use boot::BootProtocol;
 
 /// A guest memory size: an integer (MiB) or a string with a K/M/G suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,7 +219,7 @@ pub struct VmConfig {
     /// Serial console destination.
     pub serial: SerialConfig,
     /// Boot protocol choice for ELF kernels.
-    pub boot_protocol: BootProtocolConfig,
+    pub boot_protocol: BootProtocol,
     /// Report the boot-timer signal on stderr (the device itself is always mapped).
     pub boot_timer: bool,
     /// virtio-blk disks.
@@ -247,7 +237,7 @@ impl Default for VmConfig {
             cpus: 1,
             memory: MemSize(DEFAULT_MEMORY),
             serial: SerialConfig::Stdio,
-            boot_protocol: BootProtocolConfig::Auto,
+            boot_protocol: BootProtocol::Auto,
             boot_timer: false,
             disks: Vec::new(),
             nets: Vec::new(),

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use vmm_sys_util::tempdir::TempDir;
 
-use crate::config::{BootProtocolConfig, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
+use crate::config::{BootProtocol, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
 use crate::device_manager::SerialIo;
 use crate::exit::{ExitKind, VmExit};
 use crate::vm::{RunOptions, StopHandle, Vm};
@@ -140,7 +140,7 @@ impl VmBuilder {
     }
 
     /// Entry point choice for ELF kernels.
-    pub fn boot_protocol(mut self, p: BootProtocolConfig) -> Self {
+    pub fn boot_protocol(mut self, p: BootProtocol) -> Self {
         self.cfg.boot_protocol = p;
         self
     }
