@@ -45,7 +45,7 @@ pub enum ConfigError {
     #[error("cpus must be at least 1 (e.g. --cpus 1)")]
     ZeroCpus,
     /// More vCPUs than Kiln supports.
-    #[error("cpus {0} is above Kiln's limit of 254 vCPUs: use --cpus 254 or fewer")]
+    #[error("cpus {0} is above Kiln's limit of {max} vCPUs: use --cpus {max} or fewer", max = crate::host::KILN_MAX_VCPUS)]
     TooManyCpus(u32),
     /// A `--serial` value that is not stdio, file=PATH or none.
     #[error("invalid --serial '{0}': use stdio, file=PATH or none")]
@@ -279,7 +279,7 @@ impl VmConfig {
         }
         match self.cpus {
             0 => return Err(ConfigError::ZeroCpus),
-            n if n > 254 => return Err(ConfigError::TooManyCpus(n)),
+            n if n > crate::host::KILN_MAX_VCPUS => return Err(ConfigError::TooManyCpus(n)),
             _ => {}
         }
         self.nets.iter().try_for_each(NetConfig::check)
