@@ -9,7 +9,11 @@ need=()
 for tool in gcc:gcc ld:binutils python3:python3 make:make ip:iproute2; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
+# Kiln links statically (.cargo/config.toml): it needs glibc's static libraries, which
+# gcc only recommends.
+[ -f "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 if ((${#need[@]})); then
+    echo "setup: installing ${need[*]} with apt-get" >&2
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq

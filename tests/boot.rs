@@ -7,14 +7,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use vmm::config::BootProtocolConfig;
+use vmm::config::BootProtocol;
 use vmm::VmExit;
 
 const MEM_MIB: u64 = 128;
 
 /// Boots `kernel` with an initrd, 2 vCPUs and expectations on the command line; checks
 /// the guest's report, the echoed command line and the exit.
-fn boot_and_check(name: &str, kernel: &Path, proto: BootProtocolConfig, entry: &str, mem_mib: u64) {
+fn boot_and_check(name: &str, kernel: &Path, proto: BootProtocol, entry: &str, mem_mib: u64) {
     let dir = temp_dir(name);
     let initrd = dir.join("initrd.img");
     let data = pattern_bytes(3000 + name.len(), 7);
@@ -67,7 +67,7 @@ fn elf_linux64_boot_protocol() {
     boot_and_check(
         "elf64",
         &guest().elf,
-        BootProtocolConfig::Linux,
+        BootProtocol::Linux64,
         "linux64",
         MEM_MIB,
     );
@@ -75,13 +75,7 @@ fn elf_linux64_boot_protocol() {
 
 #[test]
 fn elf_pvh_entry() {
-    boot_and_check(
-        "pvh",
-        &guest().elf,
-        BootProtocolConfig::Auto,
-        "pvh",
-        MEM_MIB,
-    );
+    boot_and_check("pvh", &guest().elf, BootProtocol::Auto, "pvh", MEM_MIB);
 }
 
 #[test]
@@ -89,7 +83,7 @@ fn bzimage_format() {
     boot_and_check(
         "bzimage",
         &guest().bzimage,
-        BootProtocolConfig::Auto,
+        BootProtocol::Auto,
         "linux64",
         MEM_MIB,
     );
@@ -101,7 +95,7 @@ fn memory_above_the_mmio_gap() {
     boot_and_check(
         "himem",
         &guest().elf,
-        BootProtocolConfig::Linux,
+        BootProtocol::Linux64,
         "linux64",
         3584,
     );

@@ -187,7 +187,9 @@ struct TestTap(String);
 impl TestTap {
     fn new(tag: &str) -> Self {
         let name = harness::unique_tap_name(tag);
-        let _ = Command::new("ip").args(["link", "del", &name]).status();
+        if Path::new("/sys/class/net").join(&name).exists() {
+            ip(&["link", "del", &name]); // left over from a killed run
+        }
         ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
         ip(&["link", "set", &name, "up"]);

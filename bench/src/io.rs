@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::stats::Summary;
-use super::{find_in_repo, progress, write_file, BenchArgs, BenchError, HostFacts};
+use super::{find_in_repo, progress, scratch_dir, write_file, BenchArgs, BenchError, HostFacts};
 use guest::{kiln_run, run_vm, window, GuestRun, Window};
 use host::{BlkOp, Cache};
 use tap::{EchoPeer, Tap, TapError};
@@ -380,15 +380,6 @@ fn host_sample(run: usize, s: &IoSettings, r: std::io::Result<u64>) -> IoSample 
     }
 }
 
-fn scratch_dir() -> Result<PathBuf, BenchError> {
-    let d = std::env::temp_dir().join(format!("kiln-bench-io-{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|source| BenchError::Scratch {
-        path: d.clone(),
-        source,
-    })?;
-    Ok(d)
-}
-
 /// Block runs: guest, then the host baselines on the same file.
 fn run_blk(
     args: &BenchArgs,
@@ -396,7 +387,8 @@ fn run_blk(
     kernel: &Path,
     notes: &mut Vec<String>,
 ) -> Result<Vec<IoRow>, BenchError> {
-    let dir = scratch_dir()?;
+    let scratch = scratch_dir("kiln-bench-io-")?;
+    let dir = scratch.as_path();
     let disk = dir.join("disk.img");
     let size = host::disk_bytes(s.kib, s.req);
     let result = (|| {
@@ -405,7 +397,7 @@ fn run_blk(
             path: disk.clone(),
             source,
         })?;
-        if host::fs_magic(&dir) == Some(libc::TMPFS_MAGIC as u64) {
+        if host::fs_magic(dir) == Some(libc::TMPFS_MAGIC as u64) {
             notes.push(format!(
                 "{} is tmpfs: the cold-cache baseline is not cold",
                 dir.display()
@@ -441,7 +433,7 @@ fn run_blk(
         }
         Ok::<_, BenchError>(rows)
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     if s.qd > 1 {
         notes.push("the host baseline issues one request at a time".into());
     }

@@ -10,6 +10,7 @@
 //! and its progress to stderr.
 
 pub mod io;
+pub mod min_guest;
 pub mod plot;
 pub mod proc;
 pub mod report;
@@ -22,23 +23,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
+use vmm_sys_util::tempdir::TempDir;
 
 use report::{BatchReport, TargetCheck};
 use runners::{run_batch, Runner, Workload};
 
 /// The test guest (`--io` runs drive its virtio benchmark modes), relative to the repository.
 pub const DEFAULT_KERNEL: &str = "resources/out/guest/kiln-test-guest.elf";
-/// The start-up benchmark's default guest: the minimal PVH guest (one serial byte, the
-/// boot-timer write, an i8042 reset) that Kiln's targets and the anchors are defined with.
-pub const DEFAULT_STARTUP_KERNEL: &str = "resources/out/guest/kiln-min.elf";
 /// Where `resources/bench/setup-container.sh` puts the OCI bundle.
 pub const DEFAULT_BUNDLE: &str = "resources/out/bench/bundle";
 
 /// `kiln bench` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Guest kernel [default: the minimal PVH guest resources/out/guest/kiln-min.elf; with
-    /// --io, the test guest resources/out/guest/kiln-test-guest.elf].
+    /// Guest kernel [default: the minimal PVH guest of resources/guest/minimal, built into
+    /// kiln; with --io, the test guest resources/out/guest/kiln-test-guest.elf].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
@@ -68,6 +67,9 @@ pub struct BenchArgs {
     /// Write an SVG chart here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Do not measure: redraw --plot from the raw samples of this earlier --json file.
+    #[arg(long, requires = "plot", value_name = "JSON")]
+    pub replot: Option<PathBuf>,
     /// Skip the Kiln VM runner.
     #[arg(long)]
     pub no_vm: bool,
@@ -110,7 +112,8 @@ pub struct BenchArgs {
     /// --io net: frame length in bytes (60..=1514, no FCS).
     #[arg(long, default_value_t = 1514)]
     pub io_len: u64,
-    /// --io net: TAP to use (created and deleted unless it exists) [default: kb<pid>].
+    /// --io net: TAP to use (created and deleted unless it exists) [default: kb followed by
+    /// the process ID].
     #[arg(long)]
     pub tap: Option<String>,
 }
@@ -158,6 +161,22 @@ pub enum BenchError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A file to read (e.g. `--replot`) could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A `--replot` file is not a `kiln bench --json` document.
+    #[error("{path} is not a `kiln bench --json` file: {source}")]
+    Saved {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
     /// An output file could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -195,6 +214,7 @@ struct Settings {
     concurrency: usize,
     warmup: usize,
     timeout_s: u64,
+    /// `--kernel`; `None`: the built-in minimal guest.
     kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
     cmdline: String,
@@ -240,16 +260,17 @@ fn progress(msg: &str) {
     let _ = writeln!(std::io::stderr(), "kiln bench: {msg}");
 }
 
-/// The Kiln VM runner, or why not.
-fn vm_runner(args: &BenchArgs, exe: &Path) -> Result<(Runner, PathBuf), BenchError> {
+/// The Kiln VM runner, or why not. Without `--kernel` it boots the built-in minimal
+/// guest, written to `scratch`.
+fn vm_runner(args: &BenchArgs, exe: &Path, scratch: &Path) -> Result<Runner, BenchError> {
     let kernel = match &args.kernel {
+        Some(k) if !k.is_file() => return Err(BenchError::KernelMissing(k.clone())),
         Some(k) => k.clone(),
-        None => find_in_repo(DEFAULT_STARTUP_KERNEL)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STARTUP_KERNEL)),
+        None => min_guest::write(scratch).map_err(|source| BenchError::Write {
+            path: scratch.join("kiln-min.elf"),
+            source,
+        })?,
     };
-    if !kernel.is_file() {
-        return Err(BenchError::KernelMissing(kernel));
-    }
     let mut a = vec!["--kernel".to_string(), kernel.display().to_string()];
     if let Some(i) = &args.initrd {
         a.extend(["--initrd".to_string(), i.display().to_string()]);
@@ -263,7 +284,7 @@ fn vm_runner(args: &BenchArgs, exe: &Path) -> Result<(Runner, PathBuf), BenchErr
         args: a,
     };
     let name = "kiln VM".to_string();
-    Ok((Runner { name, workload }, kernel))
+    Ok(Runner { name, workload })
 }
 
 /// The other runners; `notes` collects the skipped ones.
@@ -329,6 +350,16 @@ fn other_runners(args: &BenchArgs, notes: &mut Vec<String>) -> Result<Vec<Runner
     Ok(out)
 }
 
+/// A fresh private directory under the temp dir for one bench's files (a unique name
+/// from `mkdtemp`, so parallel benches and tests never share one); removed on drop.
+fn scratch_dir(prefix: &str) -> Result<TempDir, BenchError> {
+    let path = std::env::temp_dir().join(prefix);
+    TempDir::new_with_prefix(&path).map_err(|e| BenchError::Scratch {
+        path,
+        source: e.into(),
+    })
+}
+
 fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
     std::fs::write(path, text).map_err(|source| BenchError::Write {
         path: path.to_path_buf(),
@@ -374,6 +405,10 @@ fn measure(
 }
 
 fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
+    if let (Some(json), Some(svg)) = (&args.replot, &args.plot) {
+        plot::replot(json, svg)?;
+        return Ok(true);
+    }
     if let Some(kind) = args.io {
         return io::run(args, kind);
     }
@@ -383,20 +418,13 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     let mut notes = Vec::new();
     let mut runners = Vec::new();
-    let mut kernel = None;
+    let scratch = scratch_dir("kiln-bench-")?;
     if !args.no_vm {
-        let (r, k) = vm_runner(args, &exe)?;
-        runners.push(r);
-        kernel = Some(k);
+        runners.push(vm_runner(args, &exe, scratch.as_path())?);
     }
     runners.extend(other_runners(args, &mut notes)?);
-    let scratch = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|source| BenchError::Scratch {
-        path: scratch.clone(),
-        source,
-    })?;
-    let batches = measure(args, &runners, &scratch, &mut notes);
-    let _ = std::fs::remove_dir_all(&scratch);
+    let batches = measure(args, &runners, scratch.as_path(), &mut notes);
+    drop(scratch);
 
     let vm_seq = batches
         .iter()
@@ -430,7 +458,7 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
                 concurrency: args.concurrency,
                 warmup: args.warmup,
                 timeout_s: args.timeout,
-                kernel,
+                kernel: args.kernel.clone(),
                 initrd: args.initrd.clone(),
                 cmdline: args.cmdline.clone(),
                 memory: args.memory.clone(),
@@ -508,7 +536,7 @@ mod tests {
     #[test]
     fn missing_kernel_is_explained() {
         let t = T::try_parse_from(["t", "--kernel", "/nonexistent/k.elf"]).unwrap();
-        let e = vm_runner(&t.b, Path::new("/x")).unwrap_err();
+        let e = vm_runner(&t.b, Path::new("/x"), Path::new("/nonexistent")).unwrap_err();
         assert!(e.to_string().contains("build-guest.sh"));
     }
 

@@ -3,12 +3,20 @@
 
 use std::fmt::Write as _;
 
+use std::path::Path;
+
+use serde::Deserialize;
+
 use super::report::BatchReport;
+use super::runners::Batch;
+use super::BenchError;
 
 const W: f64 = 960.0;
 const LEFT: f64 = 300.0;
 const RIGHT: f64 = 930.0;
 const ROW: f64 = 34.0;
+/// Width of one phase-legend column (the longest label is ≈ 200 px at 11 px).
+const LEGEND_COLUMN: f64 = 300.0;
 const COLORS: [&str; 6] = [
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#9c755f",
 ];
@@ -179,9 +187,11 @@ fn phase_panel(out: &mut String, vms: &[&BatchReport], top: f64) -> f64 {
             at += len;
         }
     }
+    // Three legend entries per line, so the longest labels fit inside the width.
     let ly = bottom + 40.0;
     for (j, (_, name)) in PHASES.iter().enumerate() {
-        let x = 20.0 + 185.0 * j as f64;
+        let x = 20.0 + LEGEND_COLUMN * (j % 3) as f64;
+        let ly = ly + 18.0 * (j / 3) as f64;
         let _ = writeln!(
             out,
             r#"<rect x="{x}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{}" y="{ly:.1}" font-size="11">{}</text>"#,
@@ -191,7 +201,33 @@ fn phase_panel(out: &mut String, vms: &[&BatchReport], top: f64) -> f64 {
             esc(name)
         );
     }
-    ly + 20.0
+    ly + 18.0 * PHASES.len().div_ceil(3).saturating_sub(1) as f64 + 20.0
+}
+
+/// Redraws the chart of an earlier `kiln bench --json` file (its raw samples) into `svg`,
+/// without measuring anything.
+pub fn replot(json: &Path, svg_path: &Path) -> Result<(), BenchError> {
+    /// The parts of the `--json` document the chart needs.
+    #[derive(Deserialize)]
+    struct Saved {
+        settings: SavedSettings,
+        batches: Vec<Batch>,
+    }
+    #[derive(Deserialize)]
+    struct SavedSettings {
+        runs: usize,
+    }
+    let text = std::fs::read_to_string(json).map_err(|source| BenchError::Read {
+        path: json.to_path_buf(),
+        source,
+    })?;
+    let saved: Saved = serde_json::from_str(&text).map_err(|source| BenchError::Saved {
+        path: json.to_path_buf(),
+        source,
+    })?;
+    let reports: Vec<BatchReport> = saved.batches.into_iter().map(BatchReport::new).collect();
+    let title = format!("kiln bench: {} runs per runner", saved.settings.runs);
+    super::write_file(svg_path, &svg(&title, &reports))
 }
 
 /// The whole SVG document; `title` goes on top.
@@ -217,8 +253,10 @@ pub fn svg(title: &str, batches: &[BatchReport]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::runners::{Batch, Sample};
+    use super::super::runners::Sample;
     use super::*;
+    use vmm::timings::RunTimings;
+    use vmm_sys_util::tempdir::TempDir;
 
     #[test]
     fn ticks_are_round() {
@@ -229,23 +267,71 @@ mod tests {
         assert_eq!(Axis::new(23.0).max, 25.0);
     }
 
-    #[test]
-    fn svg_is_well_formed_enough() {
+    fn batch(runner: &str, vm: bool) -> BatchReport {
         let samples = (0..4)
             .map(|i| Sample {
                 index: i,
                 wall_us: 1000.0 * (i + 1) as f64,
                 ok: true,
                 exit_code: Some(0),
+                vm: vm.then(|| RunTimings {
+                    vmm_ready_us: Some(2000),
+                    first_kvm_run_us: Some(2100),
+                    boot_timer_us: Some(2200),
+                    vm_stopped_us: Some(2300),
+                    exit_us: Some(9000),
+                    ..RunTimings::default()
+                }),
                 ..Sample::default()
             })
             .collect();
-        let b = BatchReport::new(Batch {
-            runner: "a<b".into(),
+        BatchReport::new(Batch {
+            runner: runner.into(),
             concurrency: 1,
             total_us: 1e6,
             samples,
-        });
+        })
+    }
+
+    #[test]
+    fn legend_fits_the_width() {
+        let s = svg("t", &[batch("kiln VM", true)]);
+        let longest = PHASES.iter().map(|(_, n)| n.chars().count()).max().unwrap();
+        // 11 px sans-serif: at most ~6.5 px per character.
+        let room = W - (20.0 + 2.0 * LEGEND_COLUMN + 16.0);
+        assert!(longest as f64 * 6.5 < room, "{longest} chars in {room} px");
+        for (_, name) in PHASES {
+            assert!(s.contains(&esc(name)), "{name} missing");
+        }
+        let xs = s.split("<text x=\"").skip(1);
+        let max_x = xs.filter_map(|t| t.split('"').next()?.parse::<f64>().ok());
+        assert!(max_x.fold(0.0, f64::max) <= W);
+    }
+
+    #[test]
+    fn replot_redraws_a_saved_run() {
+        let b = batch("kiln VM", true);
+        let doc = serde_json::json!({ "settings": { "runs": 4 }, "batches": [b] });
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kiln-plot-")).unwrap();
+        let (json, out) = (dir.as_path().join("b.json"), dir.as_path().join("b.svg"));
+        std::fs::write(&json, doc.to_string()).unwrap();
+        replot(&json, &out).unwrap();
+        let expected = svg("kiln bench: 4 runs per runner", &[b]);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), expected);
+    }
+
+    #[test]
+    fn replot_rejects_other_json() {
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kiln-plot-")).unwrap();
+        let json = dir.as_path().join("x.json");
+        std::fs::write(&json, "{}").unwrap();
+        let e = replot(&json, &dir.as_path().join("x.svg")).unwrap_err();
+        assert!(matches!(e, BenchError::Saved { .. }), "{e}");
+    }
+
+    #[test]
+    fn svg_is_well_formed_enough() {
+        let b = batch("a<b", false);
         let s = svg("t & u", &[b]);
         assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
         assert_eq!(s.matches("<circle").count(), 4);

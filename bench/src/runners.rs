@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::proc::{run_timed, Ended};
 use util::time::monotonic_ns;
@@ -15,7 +15,7 @@ use util::time::monotonic_ns;
 use vmm::timings::RunTimings;
 
 /// One timed run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Run number within its batch.
     pub index: usize,
@@ -94,7 +94,7 @@ impl Runner {
 
     /// Runs once and times it. Never fails: problems end up in [`Sample::error`].
     pub fn run_once(&self, index: usize, scratch: &Path, timeout: Duration) -> Sample {
-        let id = format!("kiln-bench-{}-{index}", std::process::id());
+        let id = run_id();
         let err_path = scratch.join(format!("{id}.err"));
         let timings_path = scratch.join(format!("{id}.json"));
         let _ = std::fs::remove_file(&timings_path);
@@ -151,6 +151,14 @@ impl Runner {
     }
 }
 
+/// A name for one run (its files in the scratch directory, its runc container id),
+/// unique across this process's runs even when batches or tests run at the same time.
+fn run_id() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("kiln-bench-{}-{n}", std::process::id())
+}
+
 fn read_timings(path: &Path) -> Option<RunTimings> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
@@ -161,7 +169,7 @@ fn last_line(text: &str) -> Option<&str> {
 }
 
 /// The runs of one runner in one mode.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     /// Runner label.
     pub runner: String,
@@ -222,6 +230,11 @@ pub fn run_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_sys_util::tempdir::TempDir;
+
+    fn scratch() -> TempDir {
+        TempDir::new_with_prefix(std::env::temp_dir().join("kiln-runners-")).unwrap()
+    }
 
     fn exec(argv: &[&str]) -> Runner {
         Runner {
@@ -234,8 +247,14 @@ mod tests {
 
     #[test]
     fn batch_counts_and_orders() {
-        let dir = std::env::temp_dir();
-        let b = run_batch(&exec(&["true"]), 5, 2, &dir, Duration::from_secs(10));
+        let dir = scratch();
+        let b = run_batch(
+            &exec(&["true"]),
+            5,
+            2,
+            dir.as_path(),
+            Duration::from_secs(10),
+        );
         assert_eq!(b.samples.len(), 5);
         assert_eq!(b.concurrency, 2);
         assert!(b
@@ -248,13 +267,16 @@ mod tests {
 
     #[test]
     fn failures_are_samples() {
-        let dir = std::env::temp_dir();
-        let s =
-            exec(&["sh", "-c", "echo boom >&2; exit 3"]).run_once(0, &dir, Duration::from_secs(10));
+        let dir = scratch();
+        let s = exec(&["sh", "-c", "echo boom >&2; exit 3"]).run_once(
+            0,
+            dir.as_path(),
+            Duration::from_secs(10),
+        );
         assert!(!s.ok);
         assert_eq!(s.exit_code, Some(3));
         assert_eq!(s.error.as_deref(), Some("exit code 3: boom"));
-        let s = exec(&["/nonexistent/kiln-x"]).run_once(1, &dir, Duration::from_secs(10));
+        let s = exec(&["/nonexistent/kiln-x"]).run_once(1, dir.as_path(), Duration::from_secs(10));
         assert!(!s.ok && s.error.unwrap_or_default().contains("cannot start"));
     }
 }

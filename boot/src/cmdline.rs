@@ -5,6 +5,10 @@
 //! command line without the terminating zero" (Documentation/arch/x86/boot.rst); an ELF
 //! vmlinux states nothing, so Kiln uses Linux x86's default `COMMAND_LINE_SIZE` of 2048
 //! bytes including the NUL. Neither may exceed `CMDLINE_MAX_SIZE` including the NUL.
+//!
+//! Not linux-loader's `Cmdline`/`load_cmdline`: this crate gets a finished line (assembled
+//! by the VMM), and `Cmdline` trims it, rejects tabs and UTF-8 that Linux accepts, and its
+//! `TooLarge` names neither the length nor the kernel's limit.
 
 use vm_memory::{Bytes, GuestAddress};
 

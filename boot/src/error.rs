@@ -141,7 +141,7 @@ pub enum BootError {
     },
     /// PVH was requested but the kernel has no PVH entry.
     #[error(
-        "PVH boot was requested but kernel {} has no PVH entry (XEN_ELFNOTE_PHYS32_ENTRY note): pass a vmlinux built with CONFIG_PVH=y, or use the auto/linux64 protocol",
+        "PVH boot was requested but kernel {} has no PVH entry (XEN_ELFNOTE_PHYS32_ENTRY note): pass a vmlinux built with CONFIG_PVH=y, or use --boot-protocol auto or linux",
         path.display()
     )]
     PvhUnavailable {
@@ -227,7 +227,7 @@ pub enum BootError {
         b_end: u64,
     },
     /// An unknown boot-protocol name.
-    #[error("unknown boot protocol {name:?}: use auto, linux64 or pvh")]
+    #[error("unknown boot protocol {name:?}: use auto, linux or pvh")]
     UnknownProtocol {
         /// The name given.
         name: String,

@@ -39,13 +39,16 @@ use layout::{ram_regions, ACPI_RSDP_START, CMDLINE_START, GDT_START, MPTABLE_STA
 /// Guest memory as the VMM creates it (regions from [`layout::ram_regions`]).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
-/// Which entry to use for an ELF that carries a PVH note.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which entry to use for an ELF that carries a PVH note (in config files and on the
+/// command line: `auto`, `linux` or `pvh`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BootProtocol {
     /// PVH when the kernel has the PVH note, else the 64-bit Linux protocol.
     #[default]
     Auto,
     /// Always the 64-bit Linux boot protocol.
+    #[serde(rename = "linux", alias = "linux64")]
     Linux64,
     /// Always PVH; error if the kernel has no PVH entry.
     Pvh,

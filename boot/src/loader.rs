@@ -13,6 +13,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use linux_loader::elf::{
+    Elf64_Ehdr, Elf64_Phdr, EI_CLASS, EI_DATA, ELFCLASS32, ELFCLASS64, ELFDATA2LSB, EM_X86_64,
+    PT_LOAD,
+};
 use linux_loader::loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
@@ -56,22 +60,17 @@ const SETUP_HEADER_OFFSET: usize = 0x1f1;
 /// Offset of the 64-bit entry from the protected-mode load address (boot.rst, 64-bit protocol).
 pub const BZIMAGE_ENTRY64_OFFSET: u64 = 0x200;
 /// ELF header size (ELF64).
-const EHDR_SIZE: u64 = 64;
+const EHDR_SIZE: u64 = std::mem::size_of::<Elf64_Ehdr>() as u64;
 /// Program header size (ELF64).
-const PHDR_SIZE: u64 = 56;
-/// `PT_LOAD`.
-const PT_LOAD: u32 = 1;
-/// `EM_X86_64`.
-const EM_X86_64: u16 = 62;
+const PHDR_SIZE: u64 = std::mem::size_of::<Elf64_Phdr>() as u64;
 
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from(le32(b, o)) | (u64::from(le32(b, o + 4)) << 32)
+/// Copies a header struct out of the front of `bytes` (at least `size_of::<T>()` long);
+/// a copy, because `bytes` need not be aligned for `T`.
+fn read_header<T: ByteValued + Default>(bytes: &[u8]) -> T {
+    let mut v = T::default();
+    let n = std::mem::size_of::<T>();
+    v.as_mut_slice().copy_from_slice(&bytes[..n]);
+    v
 }
 
 /// Reads as many bytes as are available, up to `buf.len()`, from `offset`.
@@ -142,15 +141,6 @@ pub fn load_kernel(
     }
 }
 
-/// One ELF program header, the fields Kiln uses.
-struct Phdr {
-    p_type: u32,
-    offset: u64,
-    paddr: u64,
-    filesz: u64,
-    memsz: u64,
-}
-
 fn elf_invalid(path: &Path, detail: impl Into<String>) -> BootError {
     BootError::ElfInvalid {
         path: path.to_owned(),
@@ -159,12 +149,14 @@ fn elf_invalid(path: &Path, detail: impl Into<String>) -> BootError {
 }
 
 /// Validates the ELF headers and returns `(e_entry, program headers)`.
+// linux-loader's `Elf::load` checks none of these (class, machine, segment bounds): they
+// give every bad image a precise error before anything is written to guest memory.
 fn parse_elf(
     path: &Path,
     file: &mut File,
     size: u64,
     head: &[u8],
-) -> Result<(u64, Vec<Phdr>), BootError> {
+) -> Result<(u64, Vec<Elf64_Phdr>), BootError> {
     let truncated = |what: &str, needed: u64| BootError::ElfTruncated {
         path: path.to_owned(),
         what: what.to_owned(),
@@ -174,32 +166,31 @@ fn parse_elf(
     if (head.len() as u64) < EHDR_SIZE {
         return Err(truncated("the ELF header", EHDR_SIZE));
     }
-    match head[4] {
-        2 => {}
-        1 => {
+    let ehdr: Elf64_Ehdr = read_header(head);
+    match ehdr.e_ident[EI_CLASS] {
+        ELFCLASS64 => {}
+        ELFCLASS32 => {
             return Err(BootError::Elf32Bit {
                 path: path.to_owned(),
             })
         }
         c => return Err(elf_invalid(path, format!("unknown ELF class {c}"))),
     }
-    if head[5] != 1 {
+    if ehdr.e_ident[EI_DATA] != ELFDATA2LSB {
         return Err(elf_invalid(
             path,
             "it is not little-endian (EI_DATA != ELFDATA2LSB)",
         ));
     }
-    let machine = le16(head, 18);
+    let machine = ehdr.e_machine;
     if machine != EM_X86_64 {
         return Err(elf_invalid(
             path,
             format!("e_machine is {machine}, not x86-64 ({EM_X86_64})"),
         ));
     }
-    let entry = le64(head, 24);
-    let phoff = le64(head, 32);
-    let phentsize = le16(head, 54);
-    let phnum = le16(head, 56);
+    let (entry, phoff) = (ehdr.e_entry, ehdr.e_phoff);
+    let (phentsize, phnum) = (ehdr.e_phentsize, ehdr.e_phnum);
     if u64::from(phentsize) != PHDR_SIZE {
         return Err(elf_invalid(
             path,
@@ -233,21 +224,15 @@ fn parse_elf(
     }
     let mut phdrs = Vec::with_capacity(usize::from(phnum));
     for (i, p) in table.chunks_exact(PHDR_SIZE as usize).enumerate() {
-        let ph = Phdr {
-            p_type: le32(p, 0),
-            offset: le64(p, 8),
-            paddr: le64(p, 24),
-            filesz: le64(p, 32),
-            memsz: le64(p, 40),
-        };
+        let ph: Elf64_Phdr = read_header(p);
         let file_end = ph
-            .offset
-            .checked_add(ph.filesz)
+            .p_offset
+            .checked_add(ph.p_filesz)
             .ok_or_else(|| elf_invalid(path, format!("segment {i} file range overflows")))?;
         if file_end > size {
             return Err(truncated(&format!("segment {i}"), file_end));
         }
-        if ph.p_type == PT_LOAD && ph.filesz > ph.memsz {
+        if ph.p_type == PT_LOAD && ph.p_filesz > ph.p_memsz {
             return Err(elf_invalid(
                 path,
                 format!("segment {i} has p_filesz > p_memsz"),
@@ -270,23 +255,26 @@ fn load_elf(
     let mut start = u64::MAX;
     let mut end = 0u64;
     let mut bss = Vec::new();
-    for ph in phdrs.iter().filter(|p| p.p_type == PT_LOAD && p.memsz > 0) {
+    for ph in phdrs
+        .iter()
+        .filter(|p| p.p_type == PT_LOAD && p.p_memsz > 0)
+    {
         let seg_end = ph
-            .paddr
-            .checked_add(ph.memsz)
-            .ok_or_else(|| elf_invalid(path, format!("segment at {:#x} overflows", ph.paddr)))?;
-        if ph.paddr < HIMEM_START {
+            .p_paddr
+            .checked_add(ph.p_memsz)
+            .ok_or_else(|| elf_invalid(path, format!("segment at {:#x} overflows", ph.p_paddr)))?;
+        if ph.p_paddr < HIMEM_START {
             return Err(BootError::KernelTooLow {
                 path: path.to_owned(),
-                start: ph.paddr,
+                start: ph.p_paddr,
                 end: seg_end,
             });
         }
-        check_in_ram(path, mem_size, ph.paddr, seg_end)?;
-        start = start.min(ph.paddr);
+        check_in_ram(path, mem_size, ph.p_paddr, seg_end)?;
+        start = start.min(ph.p_paddr);
         end = end.max(seg_end);
         // linux-loader copies p_filesz bytes only; the rest (bss) is zeroed here.
-        bss.push((ph.paddr + ph.filesz, ph.memsz - ph.filesz));
+        bss.push((ph.p_paddr + ph.p_filesz, ph.p_memsz - ph.p_filesz));
     }
     if end == 0 {
         return Err(elf_invalid(path, "it has no loadable (PT_LOAD) segments"));

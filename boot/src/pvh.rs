@@ -4,80 +4,21 @@
 //! xen/include/public/arch-x86/hvm/start_info.h (also Linux's
 //! arch/x86/include/asm/xen/hvm_start_info.h). Version 1 adds the memory map.
 
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
+};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::e820::E820Entry;
 use crate::layout::{PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
 use crate::{BootError, GuestMemoryMmap};
 
-/// `hvm_start_info.magic` ("xEn3" with the high bit of the 0x33 set).
-pub const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
-
-/// `struct hvm_start_info` (56 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HvmStartInfo {
-    /// Must be `XEN_HVM_START_MAGIC_VALUE`.
-    pub magic: u32,
-    /// Structure version (1: memmap fields valid).
-    pub version: u32,
-    /// SIF_xxx flags (0).
-    pub flags: u32,
-    /// Number of modules in the module list.
-    pub nr_modules: u32,
-    /// Physical address of the module list.
-    pub modlist_paddr: u64,
-    /// Physical address of the NUL-terminated command line.
-    pub cmdline_paddr: u64,
-    /// Physical address of the ACPI RSDP (0: none).
-    pub rsdp_paddr: u64,
-    /// Physical address of the memory map.
-    pub memmap_paddr: u64,
-    /// Number of memory-map entries.
-    pub memmap_entries: u32,
-    /// Must be zero.
-    pub reserved: u32,
-}
-
-/// `struct hvm_modlist_entry` (32 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HvmModlistEntry {
-    /// Module physical address.
-    pub paddr: u64,
-    /// Module size in bytes.
-    pub size: u64,
-    /// Module command line (0: none).
-    pub cmdline_paddr: u64,
-    /// Must be zero.
-    pub reserved: u64,
-}
-
-/// `struct hvm_memmap_table_entry` (24 bytes); `type_` uses the e820 type values.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HvmMemmapTableEntry {
-    /// Range start.
-    pub addr: u64,
-    /// Range size.
-    pub size: u64,
-    /// `XEN_HVM_MEMMAP_TYPE_*` (1 RAM, 2 reserved, ...).
-    pub type_: u32,
-    /// Must be zero.
-    pub reserved: u32,
-}
-
-// SAFETY: plain `repr(C)` structs of integers with no padding; any bit pattern is valid.
-unsafe impl ByteValued for HvmStartInfo {}
-// SAFETY: as above.
-unsafe impl ByteValued for HvmModlistEntry {}
-// SAFETY: as above.
-unsafe impl ByteValued for HvmMemmapTableEntry {}
-
 /// Writes the start info (at `PVH_INFO_START`), the memory map (at `PVH_MEMMAP_START`) and,
 /// with an initrd `(addr, size)`, a one-entry module list (at `PVH_MODLIST_START`).
 /// `rsdp` is the ACPI RSDP address (0: none). Returns the start-info address, to be
 /// passed in EBX.
+// Not linux-loader's `PvhBootConfigurator::write_bootparams`: its errors name neither the
+// structure nor the guest address, which `BootError::GuestWrite` reports.
 pub fn write(
     mem: &GuestMemoryMmap,
     cmdline_addr: u64,
@@ -85,7 +26,7 @@ pub fn write(
     e820: &[E820Entry],
     rsdp: u64,
 ) -> Result<u64, BootError> {
-    let entry_size = std::mem::size_of::<HvmMemmapTableEntry>() as u64;
+    let entry_size = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
     let map_end = PVH_MEMMAP_START + entry_size * e820.len() as u64;
     if map_end > PVH_MODLIST_START {
         return Err(BootError::MemoryLayout {
@@ -94,7 +35,7 @@ pub fn write(
     }
     for (i, e) in e820.iter().enumerate() {
         let addr = PVH_MEMMAP_START + entry_size * i as u64;
-        let entry = HvmMemmapTableEntry {
+        let entry = hvm_memmap_table_entry {
             addr: e.addr,
             size: e.size,
             type_: e.kind,
@@ -103,7 +44,7 @@ pub fn write(
         mem.write_obj(entry, GuestAddress(addr))
             .map_err(BootError::write("PVH memory map", addr))?;
     }
-    let mut info = HvmStartInfo {
+    let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: 1,
         cmdline_paddr: cmdline_addr,
@@ -113,7 +54,7 @@ pub fn write(
         ..Default::default()
     };
     if let Some((paddr, size)) = initrd {
-        let m = HvmModlistEntry {
+        let m = hvm_modlist_entry {
             paddr,
             size,
             ..Default::default()
@@ -135,9 +76,9 @@ mod tests {
 
     #[test]
     fn sizes_match_spec() {
-        assert_eq!(std::mem::size_of::<HvmStartInfo>(), 56);
-        assert_eq!(std::mem::size_of::<HvmModlistEntry>(), 32);
-        assert_eq!(std::mem::size_of::<HvmMemmapTableEntry>(), 24);
+        assert_eq!(std::mem::size_of::<hvm_start_info>(), 56);
+        assert_eq!(std::mem::size_of::<hvm_modlist_entry>(), 32);
+        assert_eq!(std::mem::size_of::<hvm_memmap_table_entry>(), 24);
         const { assert!(PVH_INFO_START + 56 <= PVH_MEMMAP_START) };
     }
 
@@ -146,7 +87,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let map = e820::build(128 << 20).unwrap();
         let at = write(&mem, 0x20000, Some((0x700_0000, 0x1234)), &map, 0xe0000).unwrap();
-        let info: HvmStartInfo = mem.read_obj(GuestAddress(at)).unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(at)).unwrap();
         assert_eq!(info.magic, 0x336e_c578);
         assert_eq!(info.version, 1);
         assert_eq!(info.nr_modules, 1);
@@ -154,9 +95,9 @@ mod tests {
         assert_eq!(info.cmdline_paddr, 0x20000);
         assert_eq!(info.rsdp_paddr, 0xe0000);
         assert_eq!(info.memmap_entries, 3);
-        let m: HvmModlistEntry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        let m: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((m.paddr, m.size), (0x700_0000, 0x1234));
-        let e: HvmMemmapTableEntry = mem.read_obj(GuestAddress(info.memmap_paddr + 24)).unwrap();
+        let e: hvm_memmap_table_entry = mem.read_obj(GuestAddress(info.memmap_paddr + 24)).unwrap();
         assert_eq!((e.addr, e.size, e.type_), (0x9fc00, 0x60400, 2));
     }
 
@@ -164,7 +105,7 @@ mod tests {
     fn no_initrd_no_modules() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write(&mem, 0x20000, None, &[], 0).unwrap();
-        let info: HvmStartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
     }
 

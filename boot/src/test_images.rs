@@ -1,5 +1,11 @@
 //! Tiny crafted kernel images for the unit tests.
 
+use std::mem::size_of;
+
+use linux_loader::elf::{
+    Elf64_Ehdr, Elf64_Nhdr, Elf64_Phdr, EI_CLASS, EI_DATA, EI_VERSION, ELFCLASS64, ELFDATA2LSB,
+    ELFMAG, EM_X86_64, ET_EXEC, EV_CURRENT, PT_LOAD, PT_NOTE, SELFMAG,
+};
 use linux_loader::loader::bootparam::setup_header;
 use vm_memory::ByteValued;
 use vmm_sys_util::tempfile::TempFile;
@@ -13,52 +19,60 @@ pub struct Seg {
 
 /// Builds an x86-64 ELF with `segs`, `entry`, and optionally a PVH note for `pvh`.
 pub fn elf(entry: u64, segs: &[Seg], pvh: Option<u32>) -> Vec<u8> {
+    let (ehsize, phsize) = (size_of::<Elf64_Ehdr>(), size_of::<Elf64_Phdr>());
     let phnum = segs.len() + usize::from(pvh.is_some());
-    let mut data_off = 64 + 56 * phnum;
-    let mut out = vec![0u8; 64];
-    out[..4].copy_from_slice(b"\x7fELF");
-    out[4] = 2; // ELFCLASS64
-    out[5] = 1; // little endian
-    out[6] = 1; // EV_CURRENT
-    out[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    out[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    out[20..24].copy_from_slice(&1u32.to_le_bytes());
-    out[24..32].copy_from_slice(&entry.to_le_bytes());
-    out[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-    out[52..54].copy_from_slice(&64u16.to_le_bytes());
-    out[54..56].copy_from_slice(&56u16.to_le_bytes());
-    out[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
-    let mut payload = Vec::new();
-    let phdr = |p_type: u32, off: usize, paddr: u64, filesz: u64, memsz: u64| {
-        let mut p = vec![0u8; 56];
-        p[0..4].copy_from_slice(&p_type.to_le_bytes());
-        p[8..16].copy_from_slice(&(off as u64).to_le_bytes());
-        p[16..24].copy_from_slice(&paddr.to_le_bytes());
-        p[24..32].copy_from_slice(&paddr.to_le_bytes());
-        p[32..40].copy_from_slice(&filesz.to_le_bytes());
-        p[40..48].copy_from_slice(&memsz.to_le_bytes());
-        p
+    let mut data_off = (ehsize + phsize * phnum) as u64;
+    let mut ident = [0u8; 16];
+    ident[..SELFMAG].copy_from_slice(ELFMAG);
+    ident[EI_CLASS] = ELFCLASS64;
+    ident[EI_DATA] = ELFDATA2LSB;
+    ident[EI_VERSION] = EV_CURRENT;
+    let ehdr = Elf64_Ehdr {
+        e_ident: ident,
+        e_type: ET_EXEC,
+        e_machine: EM_X86_64,
+        e_version: u32::from(EV_CURRENT),
+        e_entry: entry,
+        e_phoff: ehsize as u64,
+        e_ehsize: ehsize as u16,
+        e_phentsize: phsize as u16,
+        e_phnum: phnum as u16,
+        ..Default::default()
     };
-    let mut phdrs = Vec::new();
+    let mut out = ehdr.as_slice().to_vec();
+    let mut payload = Vec::new();
+    let phdr = |p_type: u32, p_offset: u64, paddr: u64, p_filesz: u64, p_memsz: u64| Elf64_Phdr {
+        p_type,
+        p_offset,
+        p_vaddr: paddr,
+        p_paddr: paddr,
+        p_filesz,
+        p_memsz,
+        ..Default::default()
+    };
     for s in segs {
-        phdrs.extend(phdr(1, data_off, s.paddr, s.data.len() as u64, s.memsz));
+        let len = s.data.len() as u64;
+        out.extend_from_slice(phdr(PT_LOAD, data_off, s.paddr, len, s.memsz).as_slice());
         payload.extend_from_slice(&s.data);
-        data_off += s.data.len();
+        data_off += len;
     }
     if let Some(e) = pvh {
         // A dummy note first, then XEN_ELFNOTE_PHYS32_ENTRY (18) with name "Xen".
         let mut note = Vec::new();
-        for (name, ty, desc) in [(&b"GNU\0"[..], 3u32, 0xabcdu32), (&b"Xen\0"[..], 18, e)] {
-            note.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            note.extend_from_slice(&4u32.to_le_bytes());
-            note.extend_from_slice(&ty.to_le_bytes());
+        for (name, n_type, desc) in [(&b"GNU\0"[..], 3u32, 0xabcdu32), (&b"Xen\0"[..], 18, e)] {
+            let nhdr = Elf64_Nhdr {
+                n_namesz: name.len() as u32,
+                n_descsz: 4,
+                n_type,
+            };
+            note.extend_from_slice(nhdr.as_slice());
             note.extend_from_slice(name);
             note.extend_from_slice(&desc.to_le_bytes());
         }
-        phdrs.extend(phdr(4, data_off, 0, note.len() as u64, note.len() as u64));
+        let len = note.len() as u64;
+        out.extend_from_slice(phdr(PT_NOTE, data_off, 0, len, len).as_slice());
         payload.extend_from_slice(&note);
     }
-    out.extend(phdrs);
     out.extend(payload);
     out
 }

@@ -1,9 +1,9 @@
 //! End-to-end tests of [`load`] with crafted kernels.
 
 use super::*;
-use crate::pvh::{HvmModlistEntry, HvmStartInfo};
 use crate::test_images::{bzimage, file, simple_elf, Bz};
 use linux_loader::loader::bootparam::boot_params;
+use linux_loader::loader::elf::start_info::{hvm_modlist_entry, hvm_start_info};
 use vm_memory::Bytes;
 
 const MEM: u64 = 128 << 20;
@@ -96,12 +96,12 @@ fn pvh_auto_and_forced() {
             start_info: layout::PVH_INFO_START
         }
     );
-    let si: HvmStartInfo = m.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+    let si: hvm_start_info = m.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
     assert_eq!(
         (si.magic, si.nr_modules, si.cmdline_paddr, si.memmap_entries),
         (0x336e_c578, 1, CMDLINE_START, 3)
     );
-    let md: HvmModlistEntry = m.read_obj(GuestAddress(si.modlist_paddr)).unwrap();
+    let md: hvm_modlist_entry = m.read_obj(GuestAddress(si.modlist_paddr)).unwrap();
     assert_eq!((md.paddr, md.size), (MEM - 0x1000, 100));
     assert_eq!(
         m.read_obj::<u64>(GuestAddress(GDT_START + 8)).unwrap(),

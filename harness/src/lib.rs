@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use vmm_sys_util::tempdir::TempDir;
 
-use vmm::config::{BootProtocolConfig, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
+use vmm::config::{BootProtocol, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
 use vmm::device_manager::SerialIo;
 use vmm::exit::{ExitKind, VmExit};
 use vmm::vm::{RunOptions, StopHandle, Vm};
@@ -140,7 +140,7 @@ impl VmBuilder {
     }
 
     /// Entry point choice for ELF kernels.
-    pub fn boot_protocol(mut self, p: BootProtocolConfig) -> Self {
+    pub fn boot_protocol(mut self, p: BootProtocol) -> Self {
         self.cfg.boot_protocol = p;
         self
     }

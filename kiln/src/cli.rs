@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use vmm::config::{
-    parse_size, BootProtocolConfig, ConfigError, DiskConfig, MemSize, NetConfig, SerialConfig,
-    VmConfig,
+    parse_size, BootProtocol, ConfigError, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig,
 };
 
 /// Kiln: a microVM monitor on KVM.
@@ -51,9 +50,9 @@ pub struct RunArgs {
     /// Serial console: stdio, file=PATH or none [default: stdio].
     #[arg(long)]
     pub serial: Option<SerialConfig>,
-    /// Entry point for ELF kernels with a PVH note [default: auto].
-    #[arg(long, value_enum)]
-    pub boot_protocol: Option<BootProtocolConfig>,
+    /// Entry point for ELF kernels with a PVH note: auto, linux or pvh [default: auto].
+    #[arg(long)]
+    pub boot_protocol: Option<BootProtocol>,
     /// virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable).
     #[arg(long = "disk")]
     pub disks: Vec<DiskConfig>,
@@ -65,7 +64,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "warn")]
+    #[arg(long, default_value = "warn", ignore_case = true, value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["off", "error", "warn", "info", "debug", "trace"]), |s| s.parse::<log::LevelFilter>().unwrap_or(log::LevelFilter::Warn)))]
     pub log_level: log::LevelFilter,
     /// Report the boot-timer signal (guest writes 123 to MMIO 0xc0000000).
     #[arg(long)]

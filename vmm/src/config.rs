@@ -45,7 +45,7 @@ pub enum ConfigError {
     #[error("cpus must be at least 1 (e.g. --cpus 1)")]
     ZeroCpus,
     /// More vCPUs than Kiln supports.
-    #[error("cpus {0} is above Kiln's limit of 254 vCPUs: use --cpus 254 or fewer")]
+    #[error("cpus {0} is above Kiln's limit of {max} vCPUs: use --cpus {max} or fewer", max = crate::host::KILN_MAX_VCPUS)]
     TooManyCpus(u32),
     /// A `--serial` value that is not stdio, file=PATH or none.
     #[error("invalid --serial '{0}': use stdio, file=PATH or none")]
@@ -127,18 +127,8 @@ impl From<SerialConfig> for String {
     }
 }
 
-/// Which entry point to use for ELF kernels that offer PVH.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BootProtocolConfig {
-    /// PVH when the ELF carries the PVH note, else the 64-bit Linux boot protocol.
-    #[default]
-    Auto,
-    /// Always the 64-bit Linux boot protocol.
-    Linux,
-    /// PVH (error if the kernel has no PVH note).
-    Pvh,
-}
+/// Which entry point to use for ELF kernels that offer PVH: the boot crate's own type.
+pub use boot::BootProtocol;
 
 /// A guest memory size: an integer (MiB) or a string with a K/M/G suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,7 +219,7 @@ pub struct VmConfig {
     /// Serial console destination.
     pub serial: SerialConfig,
     /// Boot protocol choice for ELF kernels.
-    pub boot_protocol: BootProtocolConfig,
+    pub boot_protocol: BootProtocol,
     /// Report the boot-timer signal on stderr (the device itself is always mapped).
     pub boot_timer: bool,
     /// virtio-blk disks.
@@ -247,7 +237,7 @@ impl Default for VmConfig {
             cpus: 1,
             memory: MemSize(DEFAULT_MEMORY),
             serial: SerialConfig::Stdio,
-            boot_protocol: BootProtocolConfig::Auto,
+            boot_protocol: BootProtocol::Auto,
             boot_timer: false,
             disks: Vec::new(),
             nets: Vec::new(),
@@ -289,7 +279,7 @@ impl VmConfig {
         }
         match self.cpus {
             0 => return Err(ConfigError::ZeroCpus),
-            n if n > 254 => return Err(ConfigError::TooManyCpus(n)),
+            n if n > crate::host::KILN_MAX_VCPUS => return Err(ConfigError::TooManyCpus(n)),
             _ => {}
         }
         self.nets.iter().try_for_each(NetConfig::check)

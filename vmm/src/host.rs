@@ -8,8 +8,9 @@ use kvm_ioctls::{Cap, Kvm};
 
 use crate::error::{Error, Result};
 
-/// Kiln's own vCPU ceiling (8-bit APIC ids, one reserved for the IOAPIC).
-pub const KILN_MAX_VCPUS: u32 = 254;
+/// Kiln's own vCPU ceiling: what the MP table can describe (8-bit APIC ids, one
+/// reserved for the IOAPIC). The one constant every vCPU-count check uses.
+pub const KILN_MAX_VCPUS: u32 = boot::mptable::MAX_CPUS as u32;
 
 /// Capabilities a VM needs, with the names errors use.
 pub const REQUIRED_CAPS: &[(Cap, &str)] = &[

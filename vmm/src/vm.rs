@@ -17,7 +17,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use util::time::BootTimestamps;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::config::{BootProtocolConfig, VmConfig};
+use crate::config::VmConfig;
 use crate::device_manager::{DeviceManager, SerialIo};
 use crate::error::{io, kvm_err, Error, Result};
 use crate::event_loop::{self, ExitSubscriber, Manager};
@@ -142,11 +142,7 @@ impl Vm {
                 cmdline: &cmdline,
                 mem_size,
                 cpus,
-                protocol: match cfg.boot_protocol {
-                    BootProtocolConfig::Auto => boot::BootProtocol::Auto,
-                    BootProtocolConfig::Linux => boot::BootProtocol::Linux64,
-                    BootProtocolConfig::Pvh => boot::BootProtocol::Pvh,
-                },
+                protocol: cfg.boot_protocol,
             },
         )?;
         let mut vcpus = Vec::with_capacity(cpus as usize);

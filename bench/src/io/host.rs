@@ -187,9 +187,11 @@ mod tests {
 
     #[test]
     fn host_passes_read_and_write_the_file() {
-        let dir = std::env::temp_dir().join(format!("kiln-io-host-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("d.img");
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix(
+            std::env::temp_dir().join("kiln-io-host-"),
+        )
+        .unwrap();
+        let p = dir.as_path().join("d.img");
         make_disk(&p, 3 << 20 | 512).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 3 << 20 | 512);
         let slots = request_slots(BlkOp::Randread, 64, 768);
@@ -202,6 +204,5 @@ mod tests {
         }
         assert!(host_pass(&p, BlkOp::Read, &[10_000], 4096, Cache::Warm).is_err());
         assert!(fs_magic(&p).is_some());
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -15,29 +15,13 @@ use std::path::Path;
 use super::NetBackend;
 use crate::virtio::Error;
 
-const TUNSETIFF: u64 = 0x4004_54ca;
-const TUNSETOFFLOAD: u64 = 0x4004_54d0;
-const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
-const IFF_TAP: i16 = 0x0002;
-const IFF_NO_PI: i16 = 0x1000;
-const IFF_VNET_HDR: i16 = 0x4000;
-
-/// `TUNSETOFFLOAD` flag: the TAP may hand us partially checksummed frames.
-pub const TUN_F_CSUM: u32 = 0x01;
-/// `TUNSETOFFLOAD` flag: TCPv4 segmentation offload.
-pub const TUN_F_TSO4: u32 = 0x02;
-/// `TUNSETOFFLOAD` flag: TCPv6 segmentation offload.
-pub const TUN_F_TSO6: u32 = 0x04;
+use libc::{IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
+/// `TUNSETOFFLOAD` flags: partially checksummed frames, TCPv4 and TCPv6 segmentation.
+pub use libc::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+use virtio_bindings::virtio_net::virtio_net_hdr_v1;
 
 /// Size of `struct virtio_net_hdr_v1` the TAP is told to use.
-pub const VNET_HDR_LEN: i32 = 12;
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: i16,
-    _pad: [u8; 22],
-}
+pub const VNET_HDR_LEN: libc::c_int = std::mem::size_of::<virtio_net_hdr_v1>() as libc::c_int;
 
 /// An open TAP interface (nonblocking, with 12-byte virtio-net headers).
 #[derive(Debug)]
@@ -67,9 +51,17 @@ fn tap_err(name: &str, op: &'static str, source: std::io::Error) -> Error {
     }
 }
 
-fn ioctl_ptr<T>(fd: RawFd, req: u64, arg: &mut T) -> std::io::Result<()> {
-    // SAFETY: `arg` is a live, properly sized object for this TUN ioctl.
-    let r = unsafe { libc::ioctl(fd, req as _, arg as *mut T) };
+/// `ioctl(fd, req, arg)` for a request that reads or writes `*arg`.
+///
+/// # Safety
+///
+/// `req` must be an ioctl whose argument is a pointer to a `T`: the kernel then reads and
+/// writes at most `size_of::<T>()` bytes through it (e.g. `TUNSETIFF` with a
+/// `libc::ifreq`, `TUNSETVNETHDRSZ` with a `c_int`).
+unsafe fn ioctl_ptr<T>(fd: RawFd, req: libc::Ioctl, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: `arg` is a live, exclusive `T`, and the caller guarantees that `req` accesses
+    // no more than a `T` through it.
+    let r = unsafe { libc::ioctl(fd, req, arg as *mut T) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -79,7 +71,7 @@ fn ioctl_ptr<T>(fd: RawFd, req: u64, arg: &mut T) -> std::io::Result<()> {
 
 fn set_offload(fd: RawFd, flags: u32) -> std::io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
-    let r = unsafe { libc::ioctl(fd, TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) };
+    let r = unsafe { libc::ioctl(fd, TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -101,15 +93,19 @@ impl Tap {
             .open("/dev/net/tun")
             .map_err(|e| tap_err(name, "open /dev/net/tun", e))?;
         let fd = file.as_raw_fd();
-        let mut ifr = IfReq {
-            name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
-        ifr.name[..name.len()].copy_from_slice(name.as_bytes());
-        ioctl_ptr(fd, TUNSETIFF, &mut ifr).map_err(|e| tap_err(name, "TUNSETIFF", e))?;
+        // SAFETY: `ifreq` is integers, byte arrays and a pointer in a union: all zeroes
+        // is a valid value (an empty name, null pointer).
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        // `name` is at most 15 bytes (checked above): the 16-byte field stays NUL-terminated.
+        for (dst, &src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+            *dst = src as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags = (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`.
+        unsafe { ioctl_ptr(fd, TUNSETIFF, &mut ifr) }.map_err(|e| tap_err(name, "TUNSETIFF", e))?;
         let mut hdr = VNET_HDR_LEN;
-        ioctl_ptr(fd, TUNSETVNETHDRSZ, &mut hdr)
+        // SAFETY: TUNSETVNETHDRSZ reads one `int`.
+        unsafe { ioctl_ptr(fd, TUNSETVNETHDRSZ, &mut hdr) }
             .map_err(|e| tap_err(name, "TUNSETVNETHDRSZ", e))?;
         let offloads = set_offload(fd, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6).is_ok();
         if let Err(e) = set_offload(fd, 0) {
@@ -178,55 +174,90 @@ mod tests {
         }
     }
 
-    #[test]
-    fn create_and_vanish() {
+    /// Why this host cannot create TAPs, if it cannot: the tests below then print
+    /// `skipped: <why>` and return, except under CI=true where they fail.
+    fn missing_capability() -> Option<&'static str> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("not root (creating a TAP needs CAP_NET_ADMIN)");
+        }
         if !Path::new("/dev/net/tun").exists() {
-            eprintln!("SKIP create_and_vanish: /dev/net/tun missing");
+            return Some("no /dev/net/tun (modprobe tun)");
+        }
+        None
+    }
+
+    /// True when the test should skip (after saying why); panics under CI=true.
+    fn skip(why: Option<&str>) -> bool {
+        let Some(why) = why else { return false };
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: must not skip ({why})"
+        );
+        eprintln!("skipped: {why}");
+        true
+    }
+
+    /// An interface name unique to this process and test.
+    fn test_name(tag: char) -> String {
+        format!("kt{}{tag}", std::process::id())
+    }
+
+    #[test]
+    fn created_tap_vanishes_on_close() {
+        if skip(missing_capability()) {
             return;
         }
-        let name = "kilntst0";
-        let tap = match Tap::open(name) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("SKIP create_and_vanish: {e}");
-                return;
-            }
-        };
+        let name = test_name('a');
+        let mut tap = Tap::open(&name).unwrap();
         assert!(tap.created());
-        assert!(Path::new("/sys/class/net").join(name).exists());
+        assert!(Path::new("/sys/class/net").join(&name).exists());
         // Nothing to read on a down interface.
-        let mut t = tap;
         let mut buf = [0u8; 64];
-        let e = t.read_frame(&mut buf).unwrap_err();
+        let e = tap.read_frame(&mut buf).unwrap_err();
         assert!(matches!(
             e.raw_os_error(),
             Some(libc::EAGAIN) | Some(libc::EIO)
         ));
-        drop(t);
-        assert!(!Path::new("/sys/class/net").join(name).exists());
+        drop(tap);
+        // The kernel deletes it when the last reference to the TUN file goes: a child
+        // forked by a parallel test holds one until its exec (O_CLOEXEC), so wait a bit.
+        let sys = Path::new("/sys/class/net").join(&name);
+        let gone = (0..500).any(|_| {
+            let gone = !sys.exists();
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            gone
+        });
+        assert!(gone, "{} still exists 5 s after close", sys.display());
     }
 
     #[test]
     fn existing_persistent_tap_is_reused() {
-        let name = "kilntst1";
-        let ip = |args: &[&str]| {
-            std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        };
-        if !Path::new("/dev/net/tun").exists()
-            || !ip(&["tuntap", "add", "dev", name, "mode", "tap"])
-        {
-            eprintln!("SKIP existing_persistent_tap_is_reused: no /dev/net/tun or `ip tuntap`");
+        let ip_missing = std::process::Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_err()
+            .then_some("no `ip` command (apt-get install iproute2)");
+        if skip(missing_capability().or(ip_missing)) {
             return;
         }
-        let tap = Tap::open(name);
+        let name = test_name('b');
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "ip {args:?}: {err}");
+        };
+        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
+        let tap = Tap::open(&name);
         let ok = matches!(&tap, Ok(t) if !t.created() && t.name() == name);
         drop(tap);
-        let still_there = Path::new("/sys/class/net").join(name).exists();
-        ip(&["tuntap", "del", "dev", name, "mode", "tap"]);
+        let still_there = Path::new("/sys/class/net").join(&name).exists();
+        ip(&["tuntap", "del", "dev", &name, "mode", "tap"]);
         assert!(ok, "persistent TAP not attached");
         assert!(still_there, "persistent TAP removed at close");
     }
