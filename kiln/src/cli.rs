@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use vmm::config::{
     parse_size, BootProtocol, ConfigError, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig,
 };
+use vmm::seccomp::SeccompLevel;
 
 /// Kiln: a microVM monitor on KVM.
 #[derive(Parser, Debug)]
@@ -72,6 +73,10 @@ pub struct RunArgs {
     /// Write start-up timings as JSON to this file when the VM ends.
     #[arg(long)]
     pub timings: Option<PathBuf>,
+    /// Seccomp filters on every thread: on (stop on a forbidden call), log (let it
+    /// through, the kernel logs it) or off.
+    #[arg(long, default_value = "on", value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["on", "log", "off"]), |s| s.parse::<SeccompLevel>().unwrap_or(SeccompLevel::On)))]
+    pub seccomp: SeccompLevel,
 }
 
 fn parse_mem(s: &str) -> Result<MemSize, ConfigError> {

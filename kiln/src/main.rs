@@ -69,10 +69,22 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
     let opts = RunOptions {
         handle_signals: true,
         process_start_ns: process_start(main_entry),
+        seccomp: args.seccomp,
+        drop_capabilities: true,
+    };
+    // Opened before the VM runs: the main thread's seccomp filter allows no open().
+    let mut timings = match args.timings.as_deref().map(TimingsFile::create).transpose() {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
     };
     let vm = match Vm::new(&cfg, serial, opts) {
         Ok(vm) => vm,
-        Err(e) => return fail(&e),
+        Err(e) => {
+            if let Some(t) = timings.take() {
+                t.discard();
+            }
+            return fail(&e);
+        }
     };
     let _ = reader_gone.stop.set(vm.stop_handle());
     let times = vm.timestamps();
@@ -81,13 +93,10 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
     let end = util::time::monotonic_ns();
     log::logger().flush(); // how many lines rate limiting held back, if any
     drop(_raw);
-    if let Some(path) = &args.timings {
+    if let Some(t) = timings.as_mut() {
         let stats = *util::sync::lock(&mem_stats);
         let record = RunTimings::collect(&times, Some(end), result.as_ref().ok(), stats);
-        let json = serde_json::to_string(&record).unwrap_or_default();
-        if let Err(e) = std::fs::write(path, json + "\n") {
-            log::warn!("cannot write timings to {}: {e}", path.display());
-        }
+        t.write(&record);
     }
     match result {
         Ok(exit) => {
@@ -99,6 +108,42 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
             ExitCode::from(exit.exit_code() as u8)
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// The `--timings` file: created before the VM starts, written when it ends, removed
+/// again if the VM could not be built and the file was Kiln's own.
+struct TimingsFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    created: bool,
+}
+
+impl TimingsFile {
+    fn create(path: &std::path::Path) -> Result<Self, vmm::Error> {
+        let created = !path.exists();
+        let file = std::fs::File::create(path).map_err(|source| vmm::Error::TimingsFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            created,
+        })
+    }
+
+    fn write(&mut self, record: &RunTimings) {
+        let json = serde_json::to_string(record).unwrap_or_default();
+        if let Err(e) = writeln!(self.file, "{json}") {
+            log::warn!("cannot write timings to {}: {e}", self.path.display());
+        }
+    }
+
+    fn discard(self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -78,6 +78,16 @@ pub enum Error {
     /// KVM's MSR list could not be built.
     #[error("building the MSR list for KVM_SET_MSRS: {0:?}")]
     MsrList(vmm_sys_util::fam::Error),
+    /// The `--timings` file could not be created.
+    #[error(
+        "cannot create timings file {path}: {source}; check the directory exists and is writable"
+    )]
+    TimingsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The serial output file could not be opened.
     #[error("cannot open serial output file {path}: {source}")]
     SerialFile {
@@ -94,6 +104,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A thread could not give up its capabilities or install its seccomp filter.
+    #[error(transparent)]
+    Confine(#[from] crate::confine::ConfineError),
     /// The event loop failed.
     #[error("event loop: {0}")]
     EventLoop(#[from] event_manager::Error),

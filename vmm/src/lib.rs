@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod confine;
 pub mod device_manager;
 pub mod error;
 pub mod event_loop;
@@ -12,6 +13,7 @@ pub mod exit;
 pub mod host;
 pub mod log_limit;
 pub mod memstats;
+pub mod seccomp;
 pub mod timings;
 pub mod vcpu;
 pub mod virtio;

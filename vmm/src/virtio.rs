@@ -8,12 +8,14 @@ use boot::GuestMemoryMmap;
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::Net;
-use devices::virtio::{DeviceThread, MmioTransport, VirtioDevice};
+use devices::virtio::{DeviceThread, MmioTransport, ThreadSetup, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 
 use crate::config::{parse_mac, NetConfig, VmConfig};
+use crate::confine::Confinement;
 use crate::device_manager::DeviceManager;
 use crate::error::{kvm_err, Result};
+use crate::seccomp::ThreadKind;
 
 /// Attaches every disk and net from `cfg`, disks first, in the order given.
 pub fn attach_all(
@@ -21,6 +23,7 @@ pub fn attach_all(
     vm: &VmFd,
     mem: &Arc<GuestMemoryMmap>,
     devices: &mut DeviceManager,
+    confine: &Arc<Confinement>,
 ) -> Result<()> {
     for (i, disk) in cfg.disks.iter().enumerate() {
         let dev = Block::new(BlockConfig {
@@ -28,12 +31,12 @@ pub fn attach_all(
             read_only: disk.readonly,
             id: disk.id.clone(),
         })?;
-        attach(dev, &format!("kiln-blk{i}"), vm, mem, devices)?;
+        attach(dev, &format!("kiln-blk{i}"), vm, mem, devices, confine)?;
     }
     for (i, net) in cfg.nets.iter().enumerate() {
         let tap = Tap::open(&net.tap)?;
         let dev = Net::new(tap, mac_for(net))?;
-        attach(dev, &format!("kiln-net{i}"), vm, mem, devices)?;
+        attach(dev, &format!("kiln-net{i}"), vm, mem, devices, confine)?;
     }
     Ok(())
 }
@@ -50,12 +53,23 @@ pub fn mac_for(net: &NetConfig) -> [u8; 6] {
     [0x02, 0x4b, b[0], b[1], b[2], b[3]]
 }
 
+/// A device thread's first act: give up its capabilities and install its filter.
+fn device_setup(confine: &Arc<Confinement>) -> ThreadSetup {
+    let confine = confine.clone();
+    Box::new(move || {
+        confine
+            .enter(ThreadKind::Device)
+            .map_err(std::io::Error::other)
+    })
+}
+
 fn attach<D: VirtioDevice + Send + 'static>(
     dev: D,
     name: &str,
     vm: &VmFd,
     mem: &Arc<GuestMemoryMmap>,
     devices: &mut DeviceManager,
+    confine: &Arc<Confinement>,
 ) -> Result<()> {
     let (base, gsi) = devices.next_virtio_slot()?;
     let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
@@ -66,7 +80,7 @@ fn attach<D: VirtioDevice + Send + 'static>(
     }
     let worker = transport
         .worker()
-        .and_then(|w| DeviceThread::spawn(name, w))?;
+        .and_then(|w| DeviceThread::spawn(name, w, device_setup(confine)))?;
     devices.device_threads.push(worker);
     devices.mmio.insert(
         Arc::new(Mutex::new(transport)),

@@ -7,7 +7,7 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use boot::{layout, BootInfo, GuestMemoryMmap};
@@ -18,12 +18,14 @@ use util::time::BootTimestamps;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::config::VmConfig;
+use crate::confine::{self, Confinement};
 use crate::device_manager::{DeviceManager, SerialIo};
 use crate::error::{io, kvm_err, Error, Result};
 use crate::event_loop::{self, ExitSubscriber, Manager};
 use crate::exit::{ExitLatch, VmExit};
 use crate::host;
 use crate::memstats::{self, MemStats};
+use crate::seccomp::{SeccompLevel, ThreadKind};
 use crate::vcpu::{self, VcpuContext};
 
 /// Options for running a VM that depend on the embedding program, not the guest.
@@ -34,6 +36,12 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// When the process started, in `CLOCK_MONOTONIC` ns (0 = now).
     pub process_start_ns: u64,
+    /// Seccomp filters for the VM's threads (the `kiln` binary: on by default; library
+    /// users own their threads and default to off).
+    pub seccomp: SeccompLevel,
+    /// Each VM thread drops every capability before the guest runs (the `kiln` binary
+    /// does; a process embedding the VMM may need its capabilities).
+    pub drop_capabilities: bool,
 }
 
 /// A built VM, ready to run.
@@ -51,6 +59,8 @@ pub struct Vm {
     signals: Option<OwnedFd>,
     pvm_host: bool,
     mem_stats: Arc<std::sync::Mutex<Option<MemStats>>>,
+    smaps: Option<memstats::Smaps>,
+    confine: Arc<Confinement>,
 }
 
 /// Stops a running VM from another thread.
@@ -84,7 +94,8 @@ impl Vm {
             true => Some(event_loop::block_stop_signals()?),
             false => None,
         };
-        let built = Self::build(cfg, serial, times, signals);
+        let built =
+            confinement(&opts).and_then(|c| Self::build(cfg, serial, times, signals, Arc::new(c)));
         if built.is_err() && opts.handle_signals {
             event_loop::unblock_stop_signals();
         }
@@ -96,6 +107,7 @@ impl Vm {
         serial: SerialIo,
         times: Arc<BootTimestamps>,
         signals: Option<OwnedFd>,
+        confine: Arc<Confinement>,
     ) -> Result<Self> {
         let kvm = host::open_kvm()?;
         let max = host::max_vcpus(&kvm);
@@ -123,7 +135,7 @@ impl Vm {
         let mut em = Manager::new()?;
         let mut devices = DeviceManager::new()?;
         devices.attach_legacy(&fd, &mut em, serial, times.clone())?;
-        crate::virtio::attach_all(cfg, &fd, &mem, &mut devices)?;
+        crate::virtio::attach_all(cfg, &fd, &mem, &mut devices, &confine)?;
 
         let mut cmdline = cfg.cmdline.trim().to_string();
         for extra in &devices.cmdline_extra {
@@ -169,6 +181,9 @@ impl Vm {
             signals,
             pvm_host: host::is_pvm_host(),
             mem_stats: Arc::default(),
+            // Opened now: the main thread's seccomp filter allows no open() later.
+            smaps: memstats::Smaps::open().ok(),
+            confine,
         })
     }
 
@@ -225,7 +240,12 @@ impl Vm {
         let mmio = Arc::new(std::mem::take(&mut self.devices.mmio));
         BootTimestamps::mark(&self.times.vmm_ready);
         let mut threads = Vec::new();
-        for (id, fd) in self.vcpus.drain(..).enumerate() {
+        // Each vCPU installs its filter, reports, and waits here until the main thread
+        // has installed its own: no guest instruction runs on an unconfined thread.
+        let start = Arc::new(StartGate::default());
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let vcpus = std::mem::take(&mut self.vcpus);
+        for (id, fd) in vcpus.into_iter().enumerate() {
             let ctx = VcpuContext {
                 pio: pio.clone(),
                 mmio: mmio.clone(),
@@ -235,21 +255,40 @@ impl Vm {
                 times: self.times.clone(),
                 pvm_host: self.pvm_host,
             };
+            let (confine, gate, ready) = (self.confine.clone(), start.clone(), ready_tx.clone());
             let t = std::thread::Builder::new()
                 .name(format!("kiln-vcpu{id}"))
-                .spawn(move || vcpu::run(fd, id as u32, ctx));
+                .spawn(move || {
+                    let _ = ready.send(confine.enter(ThreadKind::Vcpu));
+                    if gate.wait() {
+                        vcpu::run(fd, id as u32, ctx)
+                    }
+                });
             match t {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    self.latch.set(VmExit::Stopped);
-                    stop_vcpus(&stop, threads);
-                    return Err(Error::Io {
-                        what: "spawning a vCPU thread",
-                        source: e,
-                    });
+                    return Err(self.abort_start(
+                        &stop,
+                        threads,
+                        &start,
+                        Error::Io {
+                            what: "spawning a vCPU thread",
+                            source: e,
+                        },
+                    ))
                 }
             }
         }
+        drop(ready_tx);
+        let installed = ready_rx
+            .iter()
+            .take(threads.len())
+            .collect::<std::result::Result<Vec<()>, _>>()
+            .and_then(|_| self.confine.enter(ThreadKind::Main));
+        if let Err(e) = installed {
+            return Err(self.abort_start(&stop, threads, &start, e.into()));
+        }
+        start.open(true);
         let result = event_loop::run_until_exit(&mut self.em, &self.latch);
         BootTimestamps::mark(&self.times.vm_stopped);
         self.record_mem_stats();
@@ -259,13 +298,31 @@ impl Vm {
 }
 
 impl Vm {
-    fn record_mem_stats(&self) {
+    /// Ends a start that failed with vCPU threads waiting at `start`: they see the stop
+    /// flag and leave before their first `KVM_RUN`.
+    fn abort_start(
+        &self,
+        stop: &AtomicBool,
+        threads: Vec<std::thread::JoinHandle<()>>,
+        start: &StartGate,
+        e: Error,
+    ) -> Error {
+        self.latch.set(VmExit::Stopped);
+        start.open(false);
+        stop_vcpus(stop, threads);
+        e
+    }
+
+    fn record_mem_stats(&mut self) {
         let guest: Vec<(u64, u64)> = self
             .mem
             .iter()
             .map(|r| (r.as_ptr() as u64, r.as_ptr() as u64 + r.len()))
             .collect();
-        match memstats::measure(&guest) {
+        let Some(smaps) = self.smaps.as_mut() else {
+            return;
+        };
+        match smaps.measure(&guest) {
             Ok(s) => {
                 log::info!(
                     "memory: VMM RSS {} KiB, PSS {} KiB (excluding guest RAM); guest RAM resident {} KiB",
@@ -276,6 +333,41 @@ impl Vm {
                 *util::sync::lock(&self.mem_stats) = Some(s);
             }
             Err(e) => log::debug!("cannot read /proc/self/smaps: {e}"),
+        }
+    }
+}
+
+/// The confinement `opts` ask for; `no_new_privs` is set on the calling thread (and so
+/// on every thread the VM creates) whenever there is any.
+fn confinement(opts: &RunOptions) -> Result<Confinement> {
+    if opts.drop_capabilities || opts.seccomp != SeccompLevel::Off {
+        confine::set_no_new_privs()?;
+    }
+    Ok(Confinement::new(opts.seccomp, opts.drop_capabilities)?)
+}
+
+/// Holds vCPU threads until the main thread says whether they may run.
+#[derive(Default)]
+struct StartGate {
+    go: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Lets the waiting threads go on (`true`) or leave (`false`).
+    fn open(&self, go: bool) {
+        *util::sync::lock(&self.go) = Some(go);
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate opens; whether to run.
+    fn wait(&self) -> bool {
+        let mut go = util::sync::lock(&self.go);
+        loop {
+            if let Some(g) = *go {
+                return g;
+            }
+            go = self.opened.wait(go).unwrap_or_else(|e| e.into_inner());
         }
     }
 }

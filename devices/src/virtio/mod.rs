@@ -23,7 +23,7 @@
 //! }
 //!
 //! // 4. The device's own thread (queue eventfds, backend fds such as a TAP).
-//! let worker = DeviceThread::spawn("blk0", t.worker()?)?;
+//! let worker = DeviceThread::spawn("blk0", t.worker()?, Box::new(|| Ok(())))?;
 //!
 //! // 5. The bus device: vCPUs reach the registers through it.
 //! mmio_bus.insert(Arc::new(Mutex::new(t)), base, 0x1000)?;
@@ -74,7 +74,7 @@ use crate::irq::IrqTrigger;
 
 pub use mmio::MmioTransport;
 pub use subscriber::VirtioSubscriber;
-pub use worker::DeviceThread;
+pub use worker::{DeviceThread, ThreadSetup};
 
 /// Guest memory as the virtio devices hold it.
 pub type Mem = Arc<GuestMemoryMmap<()>>;
@@ -188,6 +188,9 @@ pub enum Error {
     /// A device thread could not be started.
     #[error("cannot start a device thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// A device thread's set-up (e.g. its seccomp filter) failed.
+    #[error("device thread set-up failed: {0}")]
+    ThreadSetup(#[source] std::io::Error),
     /// A device thread's event loop could not be built.
     #[error("cannot build a device thread's event loop: {0}")]
     EventLoop(#[source] event_manager::Error),

@@ -39,10 +39,15 @@ pub struct DeviceThread {
     handle: Option<JoinHandle<()>>,
 }
 
+/// What a device thread runs first, before any guest-driven work: e.g. installing the
+/// VMM's seccomp filter for device threads. Its error fails [`DeviceThread::spawn`].
+pub type ThreadSetup = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
+
 impl DeviceThread {
-    /// Runs `subscriber` (a [`super::VirtioSubscriber`]) on a new thread named `name`.
-    /// The thread inherits the caller's signal mask.
-    pub fn spawn<S>(name: &str, subscriber: S) -> Result<Self, Error>
+    /// Runs `subscriber` (a [`super::VirtioSubscriber`]) on a new thread named `name`,
+    /// after `setup` succeeded on that thread (`spawn` waits for it). The thread
+    /// inherits the caller's signal mask.
+    pub fn spawn<S>(name: &str, subscriber: S, setup: ThreadSetup) -> Result<Self, Error>
     where
         S: MutEventSubscriber + Send + 'static,
     {
@@ -54,10 +59,25 @@ impl DeviceThread {
             evt: stop_evt.try_clone().map_err(Error::EventFd)?,
             stop: stop.clone(),
         }));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let handle = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run(em, &stop))
+            .spawn(move || {
+                let ready = setup();
+                let ok = ready.is_ok();
+                let _ = tx.send(ready);
+                if ok {
+                    run(em, &stop);
+                }
+            })
             .map_err(Error::Thread)?;
+        let ready = rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("device thread ended during set-up")));
+        if let Err(e) = ready {
+            let _ = handle.join();
+            return Err(Error::ThreadSetup(e));
+        }
         Ok(Self {
             stop_evt,
             handle: Some(handle),
@@ -115,6 +135,7 @@ mod tests {
                 evt: evt.try_clone().unwrap(),
                 seen: seen.clone(),
             },
+            Box::new(|| Ok(())),
         )
         .unwrap();
         evt.write(1).unwrap();
@@ -126,5 +147,15 @@ mod tests {
         }
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         drop(t); // joins: returns only once the thread has stopped
+    }
+
+    #[test]
+    fn failed_setup_fails_spawn() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let sub = Counter { evt, seen };
+        let setup: ThreadSetup = Box::new(|| Err(std::io::Error::other("no filter")));
+        let e = DeviceThread::spawn("test-dev", sub, setup).err().unwrap();
+        assert!(e.to_string().contains("no filter"), "{e}");
     }
 }

@@ -1,0 +1,136 @@
+//! The allowlists: which system calls (and, for `ioctl` and `tgkill`, which arguments)
+//! each kind of Kiln thread makes once its filter is in place. Found by tracing every
+//! path the tests exercise (boot, virtio-blk, virtio-net, serial input and output,
+//! signals, every exit reason, `--timings`) with `strace -f`.
+
+use std::collections::BTreeMap;
+
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation};
+use seccompiler::{SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition, SeccompRule};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
+
+use super::{SeccompError, ThreadKind};
+
+const KVMIO: u32 = 0xae;
+ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
+
+/// Rules by syscall number; an empty rule list allows every use.
+pub type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// `arg == value` on argument `arg` (its low 32 bits).
+fn arg_eq(arg: u8, value: u64) -> Result<SeccompRule, SeccompError> {
+    let cond = SeccompCondition::new(arg, Len::Dword, Op::Eq, value)?;
+    Ok(SeccompRule::new(vec![cond])?)
+}
+
+/// One rule per allowed value of argument `arg`.
+fn one_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
+    values.iter().map(|&v| arg_eq(arg, v)).collect()
+}
+
+/// What every Kiln thread needs: memory management for the allocator, locks, signal
+/// return, thread exit, stderr, and what the SIGSYS handler itself calls.
+fn common(rules: &mut Rules) -> Result<(), SeccompError> {
+    for nr in [
+        libc::SYS_brk,
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_mprotect,
+        libc::SYS_futex,
+        libc::SYS_sched_yield,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_sigaltstack,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+        libc::SYS_restart_syscall,
+        libc::SYS_clock_gettime,
+        libc::SYS_getrandom,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_write,
+        libc::SYS_close,
+    ] {
+        rules.insert(nr, Vec::new());
+    }
+    // The SIGSYS handler names the thread; nothing else may change thread attributes.
+    rules.insert(libc::SYS_prctl, vec![arg_eq(0, libc::PR_GET_NAME as u64)?]);
+    // Debug builds of std check a descriptor is open before closing it.
+    rules.insert(libc::SYS_fcntl, vec![arg_eq(1, libc::F_GETFD as u64)?]);
+    // abort() on a panic signals the thread itself.
+    rules.insert(libc::SYS_tgkill, one_of(2, &[libc::SIGABRT as u64])?);
+    Ok(())
+}
+
+/// The allowlist of `kind`.
+pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
+    let mut r = Rules::new();
+    common(&mut r)?;
+    match kind {
+        ThreadKind::Main => {
+            // The event loop: epoll over eventfds, the signalfd, stdin and sockets.
+            for nr in [
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_read,
+                libc::SYS_pread64,
+                libc::SYS_lseek,
+                libc::SYS_clock_nanosleep,
+                libc::SYS_nanosleep,
+            ] {
+                r.insert(nr, Vec::new());
+            }
+            // Stopping vCPUs: the kick signal to each vCPU thread; abort on panic.
+            r.insert(
+                libc::SYS_tgkill,
+                one_of(2, &[libc::SIGABRT as u64, libc::SIGRTMIN() as u64])?,
+            );
+            // Restoring the terminal's mode.
+            r.insert(
+                libc::SYS_ioctl,
+                one_of(1, &[libc::TCGETS as u64, libc::TCSETS as u64])?,
+            );
+        }
+        ThreadKind::Vcpu => {
+            r.insert(
+                libc::SYS_ioctl,
+                one_of(
+                    1,
+                    &[
+                        KVM_RUN(),
+                        KVM_GET_REGS(),
+                        KVM_GET_SREGS(),
+                        KVM_TRANSLATE(),
+                        // virtio-net activation (a status write) sets the TAP's offloads.
+                        libc::TUNSETOFFLOAD as u64,
+                    ],
+                )?,
+            );
+        }
+        ThreadKind::Device => {
+            // Queue eventfds, the TAP, the disk image.
+            for nr in [
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_read,
+                libc::SYS_readv,
+                libc::SYS_writev,
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                libc::SYS_fdatasync,
+                libc::SYS_fsync,
+                libc::SYS_fallocate,
+            ] {
+                r.insert(nr, Vec::new());
+            }
+        }
+    }
+    Ok(r)
+}
