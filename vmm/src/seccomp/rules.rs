@@ -92,10 +92,7 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
                 one_of(2, &[libc::SIGABRT as u64, libc::SIGRTMIN() as u64])?,
             );
             // Restoring the terminal's mode.
-            r.insert(
-                libc::SYS_ioctl,
-                one_of(1, &[libc::TCGETS as u64, libc::TCSETS as u64])?,
-            );
+            r.insert(libc::SYS_ioctl, one_of(1, &[libc::TCGETS, libc::TCSETS])?);
         }
         ThreadKind::Vcpu => {
             r.insert(
@@ -108,7 +105,7 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
                         KVM_GET_SREGS(),
                         KVM_TRANSLATE(),
                         // virtio-net activation (a status write) sets the TAP's offloads.
-                        libc::TUNSETOFFLOAD as u64,
+                        libc::TUNSETOFFLOAD,
                     ],
                 )?,
             );
