@@ -77,6 +77,19 @@ pub struct RunArgs {
     /// through, the kernel logs it) or off.
     #[arg(long, default_value = "on", value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(["on", "log", "off"]), |s| s.parse::<SeccompLevel>().unwrap_or(SeccompLevel::On)))]
     pub seccomp: SeccompLevel,
+    /// Run jailed: new mount/PID/IPC/UTS namespaces with DIR as the root, holding only
+    /// what the VM needs (needs root; see README "Security model").
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
+    /// With --jail: the user to run as.
+    #[arg(long, requires_all = ["jail", "gid"])]
+    pub uid: Option<u32>,
+    /// With --jail: the group to run as.
+    #[arg(long, requires_all = ["jail", "uid"])]
+    pub gid: Option<u32>,
+    /// With --jail: join this cgroup (its directory, e.g. /sys/fs/cgroup/kiln/vm0).
+    #[arg(long, requires = "jail")]
+    pub cgroup: Option<PathBuf>,
 }
 
 fn parse_mem(s: &str) -> Result<MemSize, ConfigError> {

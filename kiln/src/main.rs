@@ -1,6 +1,7 @@
 //! The `kiln` binary: parses the command line and runs a VM or a host check.
 
 mod cli;
+mod jail;
 mod logger;
 mod terminal;
 
@@ -76,6 +77,27 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
     let mut timings = match args.timings.as_deref().map(TimingsFile::create).transpose() {
         Ok(t) => t,
         Err(e) => return fail(&e),
+    };
+    let cfg = match &args.jail {
+        None => cfg,
+        Some(dir) => {
+            let spec = jail::JailSpec {
+                dir: dir.clone(),
+                ids: args.uid.zip(args.gid),
+                cgroup: args.cgroup.clone(),
+            };
+            match jail::enter(&spec, &cfg) {
+                Ok(jailed) => jailed,
+                // The parent outside the namespaces: the jailed Kiln's status.
+                Err(Ok(code)) => return ExitCode::from(code),
+                Err(Err(e)) => {
+                    if let Some(t) = timings.take() {
+                        t.discard();
+                    }
+                    return fail(&e);
+                }
+            }
+        }
     };
     let vm = match Vm::new(&cfg, serial, opts) {
         Ok(vm) => vm,
