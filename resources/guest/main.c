@@ -46,7 +46,17 @@ static void do_fault(void)
     const char *v;
     size_t n;
     bool ud2 = cmdline_get("kiln.fault", &v, &n) && span_eq(v, n, "ud2");
+    bool triple = cmdline_get("kiln.fault", &v, &n) && span_eq(v, n, "triple");
     kprintf("KILN-GUEST about to fault\n");
+    if (triple) {
+        /* An empty IDT: the #UD cannot be delivered (#GP), nor can that (#DF),
+         * nor that: the CPU shuts down (a triple fault). */
+        static const struct __attribute__((packed)) {
+            u16 limit;
+            u64 base;
+        } no_idt = {0, 0};
+        __asm__ volatile("lidt %0\n\tud2" : : "m"(no_idt) : "memory");
+    }
     if (!ud2)
         __asm__ volatile("xsave (%0)" : : "r"(xsave_area), "a"(3), "d"(0) : "memory");
     __asm__ volatile("ud2" ::: "memory");
@@ -104,6 +114,8 @@ void kiln_main(u64 info_paddr, u64 via_pvh)
         blkbench_run(&bi);
     } else if (span_eq(mode, mlen, "netbench")) {
         netbench_run(&bi);
+    } else if (span_eq(mode, mlen, "hostile")) {
+        hostile_run(&bi);
     } else if (span_eq(mode, mlen, "fault")) {
         do_fault();
     } else if (span_eq(mode, mlen, "spin")) {

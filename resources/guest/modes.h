@@ -12,5 +12,7 @@ struct boot_info;
 void blkbench_run(const struct boot_info *bi);
 /* kiln.mode=netbench: virtio-net frame loop for `kiln bench --io net` (bench.c). */
 void netbench_run(const struct boot_info *bi);
+/* kiln.mode=hostile: misbehaving virtio-blk driver, recovery checked after each case. */
+void hostile_run(const struct boot_info *bi);
 
 #endif
