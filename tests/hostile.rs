@@ -337,7 +337,7 @@ fn net_run() -> &'static (Vec<String>, String, Option<i32>) {
         let out = vm(&guest().elf)
             .cmdline("console=ttyS0 kiln.mode=hostile kiln.hostile=net kiln.spin=200000")
             .net(NetConfig {
-                tap: vmm::harness::unique_tap_name("khn"),
+                tap: harness::unique_tap_name("khn"),
                 mac: None,
             })
             .spawn()
