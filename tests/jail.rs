@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::*;
 
@@ -62,28 +61,16 @@ fn setup(name: &str) -> Setup {
 
 /// Starts a jailed, spinning test guest; returns the supervisor once the guest spins.
 fn spawn_jailed(s: &Setup, extra: &[String]) -> Child {
-    let mut child = Command::new(kiln_bin())
-        .arg("run")
+    let mut cmd = Command::new(kiln_bin());
+    cmd.arg("run")
         .arg("--jail")
         .arg(&s.jail)
         .args(["--uid", "65534", "--gid", "65534", "--kernel"])
         .arg(&s.kernel)
         .args(["--cmdline", "console=ttyS0 kiln.end=spin", "--disk"])
         .arg(format!("path={}", s.disk.display()))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l == "KILN-GUEST spinning" => break,
-            Some(Ok(_)) => {}
-            other => panic!("jailed guest did not reach spin: {other:?}"),
-        }
-    }
-    child
+        .args(extra);
+    spawn_until_line(&mut cmd, "KILN-GUEST spinning")
 }
 
 /// The jailed Kiln: the supervisor's only child.

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::*;
 
@@ -31,8 +30,8 @@ fn threads(pid: u32) -> Vec<(String, String, String)> {
 fn spinning_vm(dir: &TestDir, seccomp: &str) -> Child {
     let disk = dir.as_ref().join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut child = Command::new(kiln_bin())
-        .args(["run", "--kernel"])
+    let mut cmd = Command::new(kiln_bin());
+    cmd.args(["run", "--kernel"])
         .arg(&guest().elf)
         .args([
             "--cmdline",
@@ -41,21 +40,8 @@ fn spinning_vm(dir: &TestDir, seccomp: &str) -> Child {
             seccomp,
         ])
         .arg("--disk")
-        .arg(format!("path={}", disk.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l == "KILN-GUEST spinning" => break,
-            Some(Ok(_)) => {}
-            other => panic!("guest did not reach spin: {other:?}"),
-        }
-    }
-    child
+        .arg(format!("path={}", disk.display()));
+    spawn_until_line(&mut cmd, "KILN-GUEST spinning")
 }
 
 fn stop(mut child: Child) -> Option<i32> {

@@ -6,10 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::net::{tap_capable, EchoPeer, TestTap};
 use common::*;
 use vmm::config::{DiskConfig, NetConfig};
 
@@ -160,123 +159,13 @@ fn disk_errors_leave_nothing_behind() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
-/// Whether TAP tests can run here (root with /dev/net/tun and iproute2).
-fn tap_capable() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok =
-        root && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run as root with /dev/net/tun and iproute2"
-        );
-        eprintln!("skipped: needs root, /dev/net/tun and the ip command");
-    }
-    ok
-}
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().unwrap();
-    assert!(st.success(), "ip {args:?} failed");
-}
-
-/// A persistent TAP, up, without IPv6 chatter; deleted on drop.
-struct TestTap(String);
-
-impl TestTap {
-    fn new(tag: &str) -> Self {
-        let name = harness::unique_tap_name(tag);
-        if Path::new("/sys/class/net").join(&name).exists() {
-            ip(&["link", "del", &name]); // left over from a killed run
-        }
-        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        ip(&["link", "set", &name, "up"]);
-        Self(name)
-    }
-}
-
-impl Drop for TestTap {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-const ETHERTYPE: u16 = 0x88b5;
-
-/// Echoes every frame of our ethertype seen on `ifname` back with the MACs swapped,
-/// until `stop` is set. Returns how many frames it echoed.
-fn echo_peer(ifname: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
-    let ifname = std::ffi::CString::new(ifname).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: plain socket/bind/setsockopt/recv/send calls on an fd we own, with
-        // buffers and sockaddr structs that outlive each call.
-        unsafe {
-            let proto = ETHERTYPE.to_be();
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
-            let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            assert_eq!(
-                libc::bind(fd, &sll as *const _ as *const libc::sockaddr, len),
-                0
-            );
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-            let mut n = 0;
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                let mut from: libc::sockaddr_ll = std::mem::zeroed();
-                let mut flen = len;
-                let r = libc::recvfrom(
-                    fd,
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                    &mut from as *mut _ as *mut libc::sockaddr,
-                    &mut flen,
-                );
-                // Only frames the guest sent (outgoing from the host's view are ours).
-                if r < 14 || from.sll_pkttype == libc::PACKET_OUTGOING {
-                    continue;
-                }
-                let frame = &mut buf[..r as usize];
-                let (dst, src) = frame.split_at_mut(6);
-                dst.swap_with_slice(&mut src[..6]);
-                libc::send(fd, frame.as_ptr() as *const libc::c_void, frame.len(), 0);
-                n += 1;
-            }
-            libc::close(fd);
-            n
-        }
-    })
-}
-
 #[test]
 fn net_frames_round_trip_through_a_tap() {
     if !tap_capable() {
         return;
     }
     let tap = TestTap::new("kt");
-    let stop = Arc::new(AtomicBool::new(false));
-    let peer = echo_peer(&tap.0, stop.clone());
+    let peer = EchoPeer::start(&tap.0);
     let mac = "02:4b:00:00:00:07";
     let out = vm(&guest().elf)
         .cmdline(format!(
@@ -290,8 +179,7 @@ fn net_frames_round_trip_through_a_tap() {
         .unwrap()
         .wait(VM_TIMEOUT)
         .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let echoed = peer.join().unwrap();
+    let echoed = peer.stop();
     assert_eq!(out.code, Some(0), "{}\n{:#?}", out.log, out.serial);
     assert_guest_ok(&out.serial);
     for name in ["net_mac", "net_tx", "net_rx"] {

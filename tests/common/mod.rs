@@ -131,3 +131,28 @@ pub fn assert_checks(serial: &[String], n: usize) {
 pub fn pvm_host() -> bool {
     vmm::host::is_pvm_host()
 }
+
+/// Spawns `cmd` with stdout piped and returns once it printed the line `line`; the rest
+/// of its output is drained on a thread, so the child never meets a closed pipe.
+pub fn spawn_until_line(cmd: &mut Command, line: &str) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning kiln");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l == line => break,
+            Some(Ok(_)) => {}
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no {line:?} line: {other:?}");
+            }
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}

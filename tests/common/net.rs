@@ -43,6 +43,9 @@ impl TestTap {
     /// A new TAP with a unique name from `tag`.
     pub fn new(tag: &str) -> Self {
         let name = harness::unique_tap_name(tag);
+        if Path::new("/sys/class/net").join(&name).exists() {
+            ip(&["link", "del", &name]); // left over from a killed run
+        }
         ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
         let tap = Self(name);
         let _ = std::fs::write(
