@@ -53,7 +53,7 @@ pub struct Outcome {
     pub kind: Option<ExitKind>,
 }
 
-/// A VM started by a [`VmBuilder`]. Dropping it kills / stops the VM.
+/// A VM started by a [`crate::VmBuilder`]. Dropping it kills / stops the VM.
 pub struct RunningVm {
     pub(crate) serial: SerialLog,
     pub(crate) log: SerialLog,

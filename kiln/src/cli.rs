@@ -54,7 +54,7 @@ pub struct RunArgs {
     /// Entry point for ELF kernels with a PVH note: auto, linux or pvh [default: auto].
     #[arg(long)]
     pub boot_protocol: Option<BootProtocol>,
-    /// virtio-blk disk: path=FILE[,readonly=on][,id=NAME] (repeatable).
+    /// virtio-blk disk: `path=FILE[,readonly=on][,id=NAME]` (repeatable).
     #[arg(long = "disk")]
     pub disks: Vec<DiskConfig>,
     /// virtio-net on a TAP: tap=NAME[,mac=AA:BB:CC:DD:EE:FF] (repeatable).

@@ -126,6 +126,8 @@ impl DeviceManager {
         let irq = self.next_irq;
         self.next_slot += 1;
         self.next_irq += 1;
+        // Formatted here, not with linux-loader's add_virtio_mmio_device: that needs its
+        // Cmdline, which Kiln does not use (see boot/src/cmdline.rs for why).
         self.cmdline_extra.push(format!(
             "virtio_mmio.device={}K@{:#x}:{}",
             layout::VIRTIO_MMIO_SIZE >> 10,
