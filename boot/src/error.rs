@@ -117,7 +117,8 @@ pub enum BootError {
         /// End of the offending range.
         end: u64,
     },
-    /// The ELF entry point (or PVH entry) is not inside a loaded segment.
+    /// The entry point (ELF `e_entry`, PVH note, or a bzImage's `startup_64` at +0x200)
+    /// is not inside the loaded image.
     #[error("kernel {} has its {which} entry point {addr:#x} outside its loaded segments [{start:#x}, {end:#x}): the image is corrupt; rebuild it", path.display())]
     BadEntry {
         /// Kernel path.

@@ -423,6 +423,18 @@ fn load_bzimage(
             end,
         });
     }
+    // startup_64 is 0x200 into the protected-mode image (boot.rst, 64-bit boot protocol):
+    // an image shorter than that would have the vCPU start in whatever follows it.
+    let entry64 = load + BZIMAGE_ENTRY64_OFFSET;
+    if entry64 >= end {
+        return Err(BootError::BadEntry {
+            path: path.to_owned(),
+            which: "64-bit",
+            addr: entry64,
+            start: load,
+            end,
+        });
+    }
     // 64-bit protocol: startup_64 decompresses into [max(align_up(load, kernel_alignment),
     // pref_address), + init_size) (boot.rst fields pref_address and init_size, 2.10+).
     let mut reserved_end = end;
@@ -458,7 +470,7 @@ fn load_bzimage(
     );
     Ok(LoadedKernel {
         format: KernelFormat::BzImage,
-        entry64: load + BZIMAGE_ENTRY64_OFFSET,
+        entry64,
         pvh_entry: None,
         start: load,
         end,

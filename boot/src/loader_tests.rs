@@ -255,3 +255,27 @@ fn bzimage_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn bzimage_entry_beyond_image() {
+    // Found by the kernel_loader fuzz target: 0x20 bytes of protected-mode code put
+    // startup_64 (load + 0x200) past the end of what is loaded.
+    let e = load_bytes(&bzimage(&Bz {
+        payload_len: 0x20,
+        ..Default::default()
+    }))
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BootError::BadEntry {
+                which: "64-bit",
+                addr: 0x10_0200,
+                start: 0x10_0000,
+                end: 0x10_0020,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
