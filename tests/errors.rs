@@ -186,13 +186,13 @@ fn kvm_device_not_permitted() {
     let bin = d.join("kiln");
     std::fs::copy(kiln_bin(), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(&bin)
-        .args(["run", "--kernel", &elf(), "--serial", "none"])
-        .current_dir("/")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = output_of_copied_binary(
+        Command::new(&bin)
+            .args(["run", "--kernel", &elf(), "--serial", "none"])
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534),
+    );
     assert_error(&out, &["permission denied", "kvm"]);
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -167,18 +167,18 @@ fn runs_as_an_unprivileged_user_with_only_kvm_access() {
     let disk_c = std::ffi::CString::new(disk.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: chown on a file in our own temp dir.
     assert_eq!(unsafe { libc::chown(disk_c.as_ptr(), NOBODY, NOBODY) }, 0);
-    let out = Command::new(&bin)
-        .args(["run", "--kernel"])
-        .arg(&kernel)
-        .args(["--cmdline", "console=ttyS0"])
-        .arg("--disk")
-        .arg(format!("path={}", disk.display()))
-        .env("KILN_KVM_DEVICE", &kvm)
-        .current_dir("/")
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let out = output_of_copied_binary(
+        Command::new(&bin)
+            .args(["run", "--kernel"])
+            .arg(&kernel)
+            .args(["--cmdline", "console=ttyS0"])
+            .arg("--disk")
+            .arg(format!("path={}", disk.display()))
+            .env("KILN_KVM_DEVICE", &kvm)
+            .current_dir("/")
+            .uid(NOBODY)
+            .gid(NOBODY),
+    );
     let serial = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -156,3 +156,18 @@ pub fn spawn_until_line(cmd: &mut Command, line: &str) -> std::process::Child {
     std::thread::spawn(move || lines.for_each(drop));
     child
 }
+
+/// `cmd.output()`, retried while exec fails with ETXTBSY: a binary the test just copied
+/// can still be open for writing in a child that another test thread forked meanwhile
+/// (until that child execs and its close-on-exec descriptors go).
+pub fn output_of_copied_binary(cmd: &mut Command) -> std::process::Output {
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.expect("running the copied kiln"),
+        }
+    }
+    panic!("the copied kiln stayed busy (ETXTBSY) for 2 s");
+}
