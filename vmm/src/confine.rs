@@ -37,9 +37,21 @@ impl Confinement {
 
     /// Confines the calling thread as a `kind` thread: capabilities, then the filter.
     pub fn enter(&self, kind: ThreadKind) -> Result<(), ConfineError> {
+        self.drop_privileges()?;
+        self.install(kind)
+    }
+
+    /// Drops the calling thread's capabilities (when configured); threads it creates
+    /// afterwards start without them.
+    pub fn drop_privileges(&self) -> Result<(), ConfineError> {
         if self.drop_caps {
             drop_capabilities()?;
         }
+        Ok(())
+    }
+
+    /// Installs the `kind` filter on the calling thread (nothing when seccomp is off).
+    pub fn install(&self, kind: ThreadKind) -> Result<(), ConfineError> {
         Ok(self.filters.install(kind)?)
     }
 }
@@ -71,23 +83,12 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Drops every capability of the calling thread: the bounding set (when allowed),
-/// the ambient set, then effective, permitted and inheritable.
+/// Drops every capability of the calling thread: the ambient set, then effective,
+/// permitted and inheritable. The bounding set is left alone: it only limits what an
+/// `execve` could gain, and `no_new_privs` plus the filters (no `execve` at all) already
+/// close that door; shrinking it costs one call per capability at every start.
 fn drop_capabilities() -> Result<(), ConfineError> {
-    let err = |e| ConfineError::Capabilities(e);
-    // Bounding set: until the kernel says the capability number is past the last one.
-    for cap in 0..64 {
-        // SAFETY: prctl with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-            match std::io::Error::last_os_error() {
-                e if e.raw_os_error() == Some(libc::EINVAL) => break,
-                // Without CAP_SETPCAP the set cannot shrink; the capabilities below
-                // are dropped all the same.
-                e if e.raw_os_error() == Some(libc::EPERM) => break,
-                e => return Err(err(e)),
-            }
-        }
-    }
+    let err = ConfineError::Capabilities;
     // SAFETY: prctl with integer arguments only.
     unsafe {
         libc::prctl(

@@ -240,8 +240,10 @@ impl Vm {
         let mmio = Arc::new(std::mem::take(&mut self.devices.mmio));
         BootTimestamps::mark(&self.times.vmm_ready);
         let mut threads = Vec::new();
-        // Each vCPU installs its filter, reports, and waits here until the main thread
-        // has installed its own: no guest instruction runs on an unconfined thread.
+        // Capabilities go first, here: the vCPU threads start without them. Each vCPU
+        // then installs its filter while this thread installs its own, reports, and
+        // waits at the gate: no guest instruction runs on an unconfined thread.
+        self.confine.drop_privileges()?;
         let start = Arc::new(StartGate::default());
         let (ready_tx, ready_rx) = mpsc::channel();
         let vcpus = std::mem::take(&mut self.vcpus);
@@ -259,7 +261,7 @@ impl Vm {
             let t = std::thread::Builder::new()
                 .name(format!("kiln-vcpu{id}"))
                 .spawn(move || {
-                    let _ = ready.send(confine.enter(ThreadKind::Vcpu));
+                    let _ = ready.send(confine.install(ThreadKind::Vcpu));
                     if gate.wait() {
                         vcpu::run(fd, id as u32, ctx)
                     }
@@ -280,11 +282,12 @@ impl Vm {
             }
         }
         drop(ready_tx);
-        let installed = ready_rx
-            .iter()
-            .take(threads.len())
-            .collect::<std::result::Result<Vec<()>, _>>()
-            .and_then(|_| self.confine.enter(ThreadKind::Main));
+        let installed = self.confine.install(ThreadKind::Main).and_then(|_| {
+            ready_rx
+                .iter()
+                .take(threads.len())
+                .collect::<std::result::Result<Vec<()>, _>>()
+        });
         if let Err(e) = installed {
             return Err(self.abort_start(&stop, threads, &start, e.into()));
         }
