@@ -16,6 +16,7 @@ pub mod memstats;
 pub mod seccomp;
 pub mod timings;
 pub mod vcpu;
+pub mod vcpu_thread;
 pub mod virtio;
 pub mod vm;
 

@@ -7,7 +7,7 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boot::{layout, BootInfo, GuestMemoryMmap};
@@ -27,6 +27,7 @@ use crate::host;
 use crate::memstats::{self, MemStats};
 use crate::seccomp::{SeccompLevel, ThreadKind};
 use crate::vcpu::{self, VcpuContext};
+use crate::vcpu_thread::{SetupError, VcpuThread};
 
 /// Options for running a VM that depend on the embedding program, not the guest.
 #[derive(Default)]
@@ -51,6 +52,8 @@ pub struct Vm {
     mem: Arc<GuestMemoryMmap>,
     devices: DeviceManager,
     vcpus: Vec<VcpuFd>,
+    vcpu_threads: Vec<VcpuThread>,
+    setup_error: SetupError,
     em: Manager,
     latch: Arc<ExitLatch>,
     times: Arc<BootTimestamps>,
@@ -127,6 +130,12 @@ impl Vm {
             }
         }
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        // The vCPU threads confine themselves while the rest is built.
+        let setup_error = SetupError::default();
+        let vcpu_threads = (0..cfg.cpus)
+            .map(|id| VcpuThread::spawn(id, confine.clone(), setup_error.clone()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(io("spawning a vCPU thread"))?;
         // Memory slots first: on some hosts (PVM) adding a slot after the irqchip exists
         // waits for an SRCU grace period (milliseconds); before, it takes microseconds.
         let mem = Arc::new(create_memory(&fd, mem_size)?);
@@ -173,6 +182,8 @@ impl Vm {
             mem,
             devices,
             vcpus,
+            vcpu_threads,
+            setup_error,
             em,
             latch,
             times,
@@ -239,15 +250,13 @@ impl Vm {
         let pio = Arc::new(std::mem::take(&mut self.devices.pio));
         let mmio = Arc::new(std::mem::take(&mut self.devices.mmio));
         BootTimestamps::mark(&self.times.vmm_ready);
-        let mut threads = Vec::new();
-        // Capabilities go first, here: the vCPU threads start without them. Each vCPU
-        // then installs its filter while this thread installs its own, reports, and
-        // waits at the gate: no guest instruction runs on an unconfined thread.
-        self.confine.drop_privileges()?;
-        let start = Arc::new(StartGate::default());
-        let (ready_tx, ready_rx) = mpsc::channel();
+        // Each vCPU thread confined itself while the VM was built; it gets its vCPU
+        // now. This thread confines itself meanwhile, before it handles anything a guest
+        // can trigger (the event loop). A failed set-up stops the VM and is returned.
         let vcpus = std::mem::take(&mut self.vcpus);
-        for (id, fd) in vcpus.into_iter().enumerate() {
+        let waiting = std::mem::take(&mut self.vcpu_threads);
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for (fd, thread) in vcpus.into_iter().zip(waiting) {
             let ctx = VcpuContext {
                 pio: pio.clone(),
                 mmio: mmio.clone(),
@@ -257,65 +266,25 @@ impl Vm {
                 times: self.times.clone(),
                 pvm_host: self.pvm_host,
             };
-            let (confine, gate, ready) = (self.confine.clone(), start.clone(), ready_tx.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("kiln-vcpu{id}"))
-                .spawn(move || {
-                    let _ = ready.send(confine.install(ThreadKind::Vcpu));
-                    if gate.wait() {
-                        vcpu::run(fd, id as u32, ctx)
-                    }
-                });
-            match t {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    return Err(self.abort_start(
-                        &stop,
-                        threads,
-                        &start,
-                        Error::Io {
-                            what: "spawning a vCPU thread",
-                            source: e,
-                        },
-                    ))
-                }
-            }
+            threads.push(thread.start(fd, ctx));
         }
-        drop(ready_tx);
-        let installed = self.confine.install(ThreadKind::Main).and_then(|_| {
-            ready_rx
-                .iter()
-                .take(threads.len())
-                .collect::<std::result::Result<Vec<()>, _>>()
-        });
-        if let Err(e) = installed {
-            return Err(self.abort_start(&stop, threads, &start, e.into()));
+        if let Err(e) = self.confine.enter(ThreadKind::Main) {
+            self.latch.set(VmExit::Stopped);
+            stop_vcpus(&stop, threads);
+            return Err(e.into());
         }
-        start.open(true);
         let result = event_loop::run_until_exit(&mut self.em, &self.latch);
         BootTimestamps::mark(&self.times.vm_stopped);
         self.record_mem_stats();
         stop_vcpus(&stop, threads);
+        if let Some(e) = util::sync::lock(&self.setup_error).take() {
+            return Err(e.into());
+        }
         result
     }
 }
 
 impl Vm {
-    /// Ends a start that failed with vCPU threads waiting at `start`: they see the stop
-    /// flag and leave before their first `KVM_RUN`.
-    fn abort_start(
-        &self,
-        stop: &AtomicBool,
-        threads: Vec<std::thread::JoinHandle<()>>,
-        start: &StartGate,
-        e: Error,
-    ) -> Error {
-        self.latch.set(VmExit::Stopped);
-        start.open(false);
-        stop_vcpus(stop, threads);
-        e
-    }
-
     fn record_mem_stats(&mut self) {
         let guest: Vec<(u64, u64)> = self
             .mem
@@ -347,32 +316,6 @@ fn confinement(opts: &RunOptions) -> Result<Confinement> {
         confine::set_no_new_privs()?;
     }
     Ok(Confinement::new(opts.seccomp, opts.drop_capabilities)?)
-}
-
-/// Holds vCPU threads until the main thread says whether they may run.
-#[derive(Default)]
-struct StartGate {
-    go: Mutex<Option<bool>>,
-    opened: Condvar,
-}
-
-impl StartGate {
-    /// Lets the waiting threads go on (`true`) or leave (`false`).
-    fn open(&self, go: bool) {
-        *util::sync::lock(&self.go) = Some(go);
-        self.opened.notify_all();
-    }
-
-    /// Waits until the gate opens; whether to run.
-    fn wait(&self) -> bool {
-        let mut go = util::sync::lock(&self.go);
-        loop {
-            if let Some(g) = *go {
-                return g;
-            }
-            go = self.opened.wait(go).unwrap_or_else(|e| e.into_inner());
-        }
-    }
 }
 
 /// Sets the stop flag and kicks every vCPU thread until it has left `KVM_RUN`, then joins.
