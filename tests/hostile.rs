@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::net::tap_capable;
 use common::*;
 use vmm::config::{DiskConfig, NetConfig};
 
@@ -165,16 +166,20 @@ fn every_hostile_case_leaves_the_device_usable() {
 #[test]
 fn hostile_guest_keeps_kiln_stderr_small() {
     let run = case_run();
+    assert_finished_with_small_stderr(&run.serial, &run.stderr);
+}
+
+/// The guest got to its done line, and Kiln's stderr stayed within the bound.
+fn assert_finished_with_small_stderr(serial: &[String], stderr: &str) {
     assert!(
-        run.serial.iter().any(|l| l.starts_with("KILN-GUEST done")),
-        "the guest did not finish: {:#?}",
-        run.serial
+        serial.iter().any(|l| l.starts_with("KILN-GUEST done")),
+        "the guest did not finish: {serial:#?}"
     );
     assert!(
-        run.stderr.len() <= MAX_STDERR_BYTES,
+        stderr.len() <= MAX_STDERR_BYTES,
         "kiln wrote {} bytes to stderr (at most {MAX_STDERR_BYTES}); first lines:\n{}",
-        run.stderr.len(),
-        run.stderr.lines().take(40).collect::<Vec<_>>().join("\n")
+        stderr.len(),
+        stderr.lines().take(40).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -303,30 +308,7 @@ fn two_vcpus_hammering_the_disk_leave_it_usable() {
 #[test]
 fn two_vcpus_hammering_the_disk_keep_kiln_stderr_small() {
     let (serial, log, _) = smp_run();
-    assert!(
-        serial.iter().any(|l| l.starts_with("KILN-GUEST done")),
-        "the guest did not finish: {serial:#?}"
-    );
-    assert!(
-        log.len() <= MAX_STDERR_BYTES,
-        "kiln wrote {} bytes to stderr (at most {MAX_STDERR_BYTES}); first lines:\n{}",
-        log.len(),
-        log.lines().take(40).collect::<Vec<_>>().join("\n")
-    );
-}
-
-/// Whether Kiln can create a TAP here (root with /dev/net/tun); fails under CI when not.
-fn tap_capable() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/net/tun").exists();
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run as root with /dev/net/tun"
-        );
-        eprintln!("skipped: needs root and /dev/net/tun");
-    }
-    ok
+    assert_finished_with_small_stderr(serial, log);
 }
 
 /// Boots the guest once in `kiln.hostile=net` with a TAP Kiln creates (down, no peer:
@@ -369,14 +351,5 @@ fn hostile_net_guest_keeps_kiln_stderr_small() {
         return;
     }
     let (serial, log, _) = net_run();
-    assert!(
-        serial.iter().any(|l| l.starts_with("KILN-GUEST done")),
-        "the guest did not finish: {serial:#?}"
-    );
-    assert!(
-        log.len() <= MAX_STDERR_BYTES,
-        "kiln wrote {} bytes to stderr (at most {MAX_STDERR_BYTES}); first lines:\n{}",
-        log.len(),
-        log.lines().take(40).collect::<Vec<_>>().join("\n")
-    );
+    assert_finished_with_small_stderr(serial, log);
 }
