@@ -107,6 +107,16 @@ fn disk(path: &Path) -> DiskConfig {
     }
 }
 
+/// The disk every hostile run starts from: SECTORS sectors of `host_byte`, in `dir`.
+fn host_disk(dir: &TestDir) -> std::path::PathBuf {
+    let img = dir.join("disk.img");
+    let data: Vec<u8> = (0..SECTORS)
+        .flat_map(|s| (0..512).map(move |i| host_byte(s, i)))
+        .collect();
+    std::fs::write(&img, data).expect("writing the disk image");
+    img
+}
+
 /// What one hostile run left behind.
 struct CaseRun {
     code: Option<i32>,
@@ -120,11 +130,7 @@ fn case_run() -> &'static CaseRun {
     static RUN: OnceLock<CaseRun> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = temp_dir("hostile");
-        let img = dir.join("disk.img");
-        let data: Vec<u8> = (0..SECTORS)
-            .flat_map(|s| (0..512).map(move |i| host_byte(s, i)))
-            .collect();
-        std::fs::write(&img, data).expect("writing the disk image");
+        let img = host_disk(&dir);
         let out = vm(&guest().elf)
             .cmdline("console=ttyS0 kiln.mode=hostile kiln.spin=200000")
             .disk(disk(&img))
@@ -278,11 +284,7 @@ fn smp_run() -> &'static (Vec<String>, String, Option<i32>) {
     static RUN: OnceLock<(Vec<String>, String, Option<i32>)> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = temp_dir("hostile-smp");
-        let img = dir.join("disk.img");
-        let data: Vec<u8> = (0..SECTORS)
-            .flat_map(|s| (0..512).map(move |i| host_byte(s, i)))
-            .collect();
-        std::fs::write(&img, data).expect("writing the disk image");
+        let img = host_disk(&dir);
         let out = vm(&guest().elf)
             .cmdline("console=ttyS0 kiln.mode=hostile kiln.hostile=smp kiln.spin=200000")
             .cpus(2)

@@ -37,21 +37,9 @@ impl Confinement {
 
     /// Confines the calling thread as a `kind` thread: capabilities, then the filter.
     pub fn enter(&self, kind: ThreadKind) -> Result<(), ConfineError> {
-        self.drop_privileges()?;
-        self.install(kind)
-    }
-
-    /// Drops the calling thread's capabilities (when configured); threads it creates
-    /// afterwards start without them.
-    pub fn drop_privileges(&self) -> Result<(), ConfineError> {
         if self.drop_caps {
             drop_capabilities()?;
         }
-        Ok(())
-    }
-
-    /// Installs the `kind` filter on the calling thread (nothing when seccomp is off).
-    pub fn install(&self, kind: ThreadKind) -> Result<(), ConfineError> {
         Ok(self.filters.install(kind)?)
     }
 }

@@ -137,11 +137,6 @@ impl Filters {
             None => Ok(()),
         }
     }
-
-    /// Whether any filter will be installed.
-    pub fn enabled(&self) -> bool {
-        self.main.is_some()
-    }
 }
 
 /// Writes `n` in decimal into `buf` from `at`; returns the new end.
