@@ -6,9 +6,11 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 need=()
-for tool in gcc:gcc ld:binutils python3:python3 make:make ip:iproute2; do
+for tool in gcc:gcc ld:binutils python3:python3 make:make ip:iproute2 curl:curl; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
+# The Firecracker-client test makes a venv (Debian splits ensurepip into python3-venv).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # Kiln links statically (.cargo/config.toml): it needs glibc's static libraries, which
 # gcc only recommends.
 [ -f "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)

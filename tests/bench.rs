@@ -1,18 +1,27 @@
 //! `kiln bench` as an installed binary runs it: from a directory outside the repository,
-//! with the minimal guest built into the binary, leaving no files behind.
+//! with the minimal guest built into the binary, leaving no files behind; and
+//! `kiln bench --api`, with kiln itself (as `firecracker`) standing in for Firecracker.
 
 use std::process::Command;
 
 use vmm_sys_util::tempdir::TempDir;
 
+/// Whether /dev/kvm is there; prints the skip line when not (and fails under CI=true).
+fn have_kvm() -> bool {
+    if std::fs::metadata("/dev/kvm").is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "no /dev/kvm (CI=true)"
+    );
+    eprintln!("skipped: no /dev/kvm");
+    false
+}
+
 #[test]
 fn bench_runs_the_built_in_guest_from_any_directory() {
-    if std::fs::metadata("/dev/kvm").is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "no /dev/kvm (CI=true)"
-        );
-        eprintln!("skipped: no /dev/kvm");
+    if !have_kvm() {
         return;
     }
     // The bench's own temp files go under TMPDIR: a fresh directory that must stay empty.
@@ -34,4 +43,98 @@ fn bench_runs_the_built_in_guest_from_any_directory() {
     let left: Vec<_> = std::fs::read_dir(tmp.as_path()).unwrap().collect();
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
     assert_eq!(std::fs::read_dir(cwd.as_path()).unwrap().count(), 0);
+}
+
+/// The median of metric `key` of the batch `runner` in a `--json` document, in µs.
+fn median(doc: &serde_json::Value, runner: &str, key: &str) -> f64 {
+    let batch = doc["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["runner"] == runner)
+        .unwrap_or_else(|| panic!("no batch {runner}"));
+    let m = batch["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == key)
+        .unwrap_or_else(|| panic!("{runner}: no metric {key}"));
+    m["median"].as_f64().unwrap()
+}
+
+#[test]
+fn bench_api_times_the_socket_and_instance_start() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kiln-bench-api-")).unwrap();
+    let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kiln-bench-tmp-")).unwrap();
+    // No Firecracker here: kiln answers Firecracker's flags under that name.
+    let fc = dir.as_path().join("firecracker");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kiln"), &fc).unwrap();
+    let json = dir.as_path().join("b.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "bench",
+            "--api",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--api-other",
+        ])
+        .arg(&fc)
+        .arg("--json")
+        .arg(&json)
+        .current_dir(dir.as_path())
+        .env("TMPDIR", tmp.as_path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    for heading in [
+        "kiln VM (one at a time): 2/2 ok",
+        "kiln api --no-api (one at a time): 2/2 ok",
+        "kiln api (one at a time): 2/2 ok",
+        "other --no-api: firecracker (one at a time): 2/2 ok",
+        "other api: firecracker (one at a time): 2/2 ok",
+    ] {
+        assert!(stdout.contains(heading), "{heading}: {stdout}");
+    }
+    for label in [
+        "exec → API socket accepting",
+        "InstanceStart → reply (204)",
+        "InstanceStart → first KVM_RUN",
+        "kiln api: InstanceStart → first KVM_RUN",
+    ] {
+        assert!(stdout.contains(label), "{label}: {stdout}");
+    }
+    assert!(!stdout.contains("runc container"), "{stdout}");
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["settings"]["api"], true);
+    for runner in ["kiln api", "other api: firecracker"] {
+        let socket = median(&doc, runner, "socket_ready_us");
+        let first = median(&doc, runner, "first_reply_us");
+        let reply = median(&doc, runner, "start_reply_us");
+        let to_run = median(&doc, runner, "start_to_first_kvm_run_us");
+        let wall = median(&doc, runner, "wall_us");
+        assert!(socket > 0.0 && socket < first, "{runner}: {socket} {first}");
+        assert!(reply > 0.0 && to_run > 0.0, "{runner}: {reply} {to_run}");
+        assert!(
+            first + to_run < wall,
+            "{runner}: {first} + {to_run} vs {wall}"
+        );
+    }
+    for runner in ["kiln api --no-api", "other --no-api: firecracker"] {
+        let first = median(&doc, runner, "first_kvm_run_us");
+        let wall = median(&doc, runner, "wall_us");
+        assert!(first > 0.0 && first < wall, "{runner}: {first} {wall}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.as_path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
 }

@@ -104,6 +104,7 @@ fn disk(path: &Path) -> DiskConfig {
         path: path.to_path_buf(),
         readonly: false,
         id: None,
+        ..Default::default()
     }
 }
 
@@ -323,6 +324,7 @@ fn net_run() -> &'static (Vec<String>, String, Option<i32>) {
             .net(NetConfig {
                 tap: harness::unique_tap_name("khn"),
                 mac: None,
+                ..Default::default()
             })
             .spawn()
             .expect("starting kiln")

@@ -158,6 +158,7 @@ fn spawn_disk_vm(disks: &Path, i: usize) -> (PathBuf, RunningVm) {
             path: img.clone(),
             readonly: false,
             id: Some(format!("load{i}")),
+            ..Default::default()
         })
         .spawn()
         .unwrap();
@@ -188,6 +189,7 @@ fn dozens_of_concurrent_vms_succeed_and_leak_nothing() {
             .net(NetConfig {
                 tap: tap.0.clone(),
                 mac: Some(mac),
+                ..Default::default()
             })
             .spawn()
             .unwrap();
@@ -205,6 +207,7 @@ fn dozens_of_concurrent_vms_succeed_and_leak_nothing() {
                 b = b.net(NetConfig {
                     tap: kiln_taps[i / 4].clone(),
                     mac: None,
+                    ..Default::default()
                 });
             }
             b.spawn().unwrap()

@@ -55,6 +55,7 @@ fn disk(path: &Path, readonly: bool, id: Option<&str>) -> DiskConfig {
         path: path.to_path_buf(),
         readonly,
         id: id.map(String::from),
+        ..Default::default()
     }
 }
 
@@ -174,6 +175,7 @@ fn net_frames_round_trip_through_a_tap() {
         .net(NetConfig {
             tap: tap.0.clone(),
             mac: Some(mac.into()),
+            ..Default::default()
         })
         .spawn()
         .unwrap()
@@ -207,6 +209,7 @@ fn tap_created_by_kiln_is_removed_on_exit_and_on_error() {
         .net(NetConfig {
             tap: name.clone(),
             mac: None,
+            ..Default::default()
         })
         .spawn()
         .unwrap();

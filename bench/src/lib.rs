@@ -5,10 +5,12 @@
 //! ready → first `KVM_RUN` → boot-timer write → exit, VMM RSS/PSS) and times every
 //! exec→exit from the parent's clock. Next to it: `runc run` of a busybox OCI bundle, a
 //! plain fork/exec and any `--other` command. Prints a table; writes JSON and SVG.
-//! With `--io blk|net` it measures virtio I/O throughput instead (see [`io`]).
+//! With `--io blk|net` it measures virtio I/O throughput instead (see [`io`]); with
+//! `--api`, start-up through Firecracker's process interface (see [`api`]).
 //! This module is the `kiln bench` command itself, so it writes its table to stdout
 //! and its progress to stderr.
 
+pub mod api;
 pub mod io;
 pub mod min_guest;
 pub mod plot;
@@ -26,7 +28,7 @@ use serde::Serialize;
 use vmm_sys_util::tempdir::TempDir;
 
 use report::{BatchReport, TargetCheck};
-use runners::{run_batch, Runner, Workload};
+use runners::{run_batch, Runner, Timed, Workload};
 
 /// The test guest (`--io` runs drive its virtio benchmark modes), relative to the repository.
 pub const DEFAULT_KERNEL: &str = "resources/out/guest/kiln-test-guest.elf";
@@ -116,6 +118,16 @@ pub struct BenchArgs {
     /// the process ID].
     #[arg(long)]
     pub tap: Option<String>,
+    /// Time start-up through Firecracker's interface instead of runc/fork/exec/--other:
+    /// `kiln run` (unless --no-vm), `kiln api --no-api --config-file`, and `kiln api` driven
+    /// over its socket (exec → socket accepting, InstanceStart → 204 and → first KVM_RUN).
+    #[arg(long, conflicts_with = "io")]
+    pub api: bool,
+    /// With --api: time this Firecracker binary the same way, with --boot-timer (no
+    /// timings file: its Guest-boot-time log line instead). A symlink named `firecracker`
+    /// to kiln stands in for one (kiln answers Firecracker's flags under that name).
+    #[arg(long, requires = "api", value_name = "FIRECRACKER")]
+    pub api_other: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -147,6 +159,9 @@ pub enum BenchError {
     /// `--other` was empty.
     #[error("--other needs a command")]
     OtherEmpty,
+    /// `--api` could not be set up.
+    #[error(transparent)]
+    Api(#[from] api::SetupError),
     /// `--io` could not run.
     #[error(transparent)]
     Io(#[from] io::IoError),
@@ -219,6 +234,9 @@ struct Settings {
     initrd: Option<PathBuf>,
     cmdline: String,
     memory: Option<String>,
+    api: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_other: Option<PathBuf>,
 }
 
 /// Host facts recorded in the JSON.
@@ -251,6 +269,9 @@ struct BenchReport {
     host: HostFacts,
     settings: Settings,
     runners: Vec<Runner>,
+    /// The `--api` runners.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    api_runners: Vec<api::ApiRunner>,
     batches: Vec<BatchReport>,
     targets: Vec<TargetCheck>,
     notes: Vec<String>,
@@ -260,17 +281,22 @@ fn progress(msg: &str) {
     let _ = writeln!(std::io::stderr(), "kiln bench: {msg}");
 }
 
-/// The Kiln VM runner, or why not. Without `--kernel` it boots the built-in minimal
-/// guest, written to `scratch`.
-fn vm_runner(args: &BenchArgs, exe: &Path, scratch: &Path) -> Result<Runner, BenchError> {
-    let kernel = match &args.kernel {
-        Some(k) if !k.is_file() => return Err(BenchError::KernelMissing(k.clone())),
-        Some(k) => k.clone(),
+/// The guest kernel: `--kernel`, or the built-in minimal guest written to `scratch`.
+fn kernel_path(args: &BenchArgs, scratch: &Path) -> Result<PathBuf, BenchError> {
+    match &args.kernel {
+        Some(k) if !k.is_file() => Err(BenchError::KernelMissing(k.clone())),
+        Some(k) => Ok(k.clone()),
         None => min_guest::write(scratch).map_err(|source| BenchError::Write {
             path: scratch.join("kiln-min.elf"),
             source,
-        })?,
-    };
+        }),
+    }
+}
+
+/// The Kiln VM runner, or why not. Without `--kernel` it boots the built-in minimal
+/// guest, written to `scratch`.
+fn vm_runner(args: &BenchArgs, exe: &Path, scratch: &Path) -> Result<Runner, BenchError> {
+    let kernel = kernel_path(args, scratch)?;
     let mut a = vec!["--kernel".to_string(), kernel.display().to_string()];
     if let Some(i) = &args.initrd {
         a.extend(["--initrd".to_string(), i.display().to_string()]);
@@ -283,7 +309,7 @@ fn vm_runner(args: &BenchArgs, exe: &Path, scratch: &Path) -> Result<Runner, Ben
         exe: exe.to_path_buf(),
         args: a,
     };
-    let name = "kiln VM".to_string();
+    let name = api::KILN_RUN.to_string();
     Ok(Runner { name, workload })
 }
 
@@ -368,9 +394,9 @@ fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
 }
 
 /// Runs warm-ups and timed batches for every runner.
-fn measure(
+fn measure<R: Timed>(
     args: &BenchArgs,
-    runners: &[Runner],
+    runners: &[R],
     scratch: &Path,
     notes: &mut Vec<String>,
 ) -> Vec<BatchReport> {
@@ -383,7 +409,7 @@ fn measure(
         match failed {
             Some(s) => {
                 let why = s.error.unwrap_or_else(|| "failed".into());
-                notes.push(format!("{} skipped: warm-up run failed: {why}", r.name));
+                notes.push(format!("{} skipped: warm-up run failed: {why}", r.name()));
             }
             None => usable.push(r),
         }
@@ -396,8 +422,8 @@ fn measure(
     for c in modes {
         for r in &usable {
             let runs = args.startup_runs();
-            progress(&format!("{}: {runs} runs, {c} at a time", r.name));
-            let b = run_batch(r, runs, c, scratch, timeout);
+            progress(&format!("{}: {runs} runs, {c} at a time", r.name()));
+            let b = run_batch(*r, runs, c, scratch, timeout);
             reports.push(BatchReport::new(b));
         }
     }
@@ -422,14 +448,25 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
     if !args.no_vm {
         runners.push(vm_runner(args, &exe, scratch.as_path())?);
     }
-    runners.extend(other_runners(args, &mut notes)?);
-    let batches = measure(args, &runners, scratch.as_path(), &mut notes);
+    let api_runners = match args.api {
+        true => api::runners(args, &exe, &kernel_path(args, scratch.as_path())?)?,
+        false => {
+            runners.extend(other_runners(args, &mut notes)?);
+            Vec::new()
+        }
+    };
+    let mut batches = measure(args, &runners, scratch.as_path(), &mut notes);
+    batches.extend(measure(args, &api_runners, scratch.as_path(), &mut notes));
     drop(scratch);
 
     let vm_seq = batches
         .iter()
-        .find(|b| b.batch.runner == "kiln VM" && b.batch.concurrency == 1);
-    let targets = vm_seq.map(report::check_targets).unwrap_or_default();
+        .find(|b| b.batch.runner == api::KILN_RUN && b.batch.concurrency == 1);
+    let mut targets = vm_seq.map(report::check_targets).unwrap_or_default();
+    if args.api {
+        targets.extend(api::check_targets(&batches));
+        notes.extend(api::notes(&batches, &api_runners));
+    }
     if vmm::host::is_pvm_host() {
         notes.push(
             "PVM host: a non-PVM guest runs in the host's instruction emulator, so the \
@@ -443,7 +480,8 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
         report::table(&batches, &targets, &notes)
     );
 
-    let vm_ok = args.no_vm || vm_seq.is_some_and(|b| b.ok > 0);
+    let api_ok = !args.api || api::succeeded(&batches);
+    let vm_ok = (args.no_vm || vm_seq.is_some_and(|b| b.ok > 0)) && api_ok;
     if let Some(path) = &args.plot {
         let title = format!("kiln bench: {} runs per runner", args.startup_runs());
         write_file(path, &plot::svg(&title, &batches))?;
@@ -462,8 +500,11 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
                 initrd: args.initrd.clone(),
                 cmdline: args.cmdline.clone(),
                 memory: args.memory.clone(),
+                api: args.api,
+                api_other: args.api_other.clone(),
             },
             runners,
+            api_runners,
             batches,
             targets,
             notes,

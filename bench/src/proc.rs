@@ -29,12 +29,18 @@ pub struct Ended {
 /// Spawns `cmd` with `KILN_START_NS` set to the spawn time and waits up to `timeout`
 /// (then kills it with SIGKILL).
 pub fn run_timed(cmd: &mut Command, timeout: Duration) -> io::Result<Ended> {
-    let start_ns = monotonic_ns();
-    cmd.env("KILN_START_NS", start_ns.to_string());
-    let child = cmd.spawn()?;
+    let (child, start_ns) = spawn_timed(cmd)?;
     let mut ended = wait_timed(child, timeout)?;
     ended.start_ns = start_ns;
     Ok(ended)
+}
+
+/// Spawns `cmd` with `KILN_START_NS` set to the spawn time, which it also returns, for a
+/// caller that talks to the child before [`wait_timed`].
+pub fn spawn_timed(cmd: &mut Command) -> io::Result<(Child, u64)> {
+    let start_ns = monotonic_ns();
+    cmd.env("KILN_START_NS", start_ns.to_string());
+    Ok((cmd.spawn()?, start_ns))
 }
 
 fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
@@ -91,7 +97,9 @@ fn reap(pid: libc::pid_t) -> io::Result<(i32, libc::rusage)> {
     }
 }
 
-fn wait_timed(mut child: Child, timeout: Duration) -> io::Result<Ended> {
+/// Waits up to `timeout` for `child` (then kills it with SIGKILL) and reaps it;
+/// [`Ended::start_ns`] is left 0 for the caller to fill in.
+pub fn wait_timed(mut child: Child, timeout: Duration) -> io::Result<Ended> {
     let pid = child.id() as libc::pid_t;
     let mut timed_out = false;
     let polled = match pidfd_open(pid) {

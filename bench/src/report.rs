@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::api::ApiTimes;
 use super::runners::{Batch, Sample};
 use super::stats::Summary;
 use vmm::timings::RunTimings;
@@ -55,6 +56,39 @@ type Extract = fn(&Sample, &RunTimings) -> Option<f64>;
 fn diff(a: Option<u64>, b: Option<u64>) -> Option<f64> {
     Some(b? as f64 - a? as f64)
 }
+
+type ApiExtract = fn(&ApiTimes) -> Option<f64>;
+
+/// `--api` metrics, timed by the bench (see [`ApiTimes`]).
+const API_METRICS: &[(&str, &str, ApiExtract)] = &[
+    ("socket_ready_us", "exec → API socket accepting", |a| {
+        a.socket_ready_us
+    }),
+    ("first_reply_us", "exec → first API reply", |a| {
+        a.first_reply_us
+    }),
+    ("start_request_us", "exec → InstanceStart sent", |a| {
+        a.start_request_us
+    }),
+    ("start_reply_us", "  InstanceStart → reply (204)", |a| {
+        a.start_reply_us
+    }),
+    (
+        "start_to_first_kvm_run_us",
+        "  InstanceStart → first KVM_RUN",
+        |a| a.start_to_first_kvm_run_us,
+    ),
+    (
+        "start_to_boot_timer_us",
+        "  InstanceStart → boot timer",
+        |a| a.start_to_boot_timer_us,
+    ),
+    (
+        "guest_boot_time_us",
+        "Guest-boot-time (build → timer)",
+        |a| a.guest_boot_time_us,
+    ),
+];
 
 /// VM metrics: milestones since process start, then the phases between them, then memory.
 const VM_METRICS: &[(&str, &str, Unit, Extract)] = &[
@@ -167,6 +201,10 @@ impl BatchReport {
             Unit::Us,
             ok.iter().map(|s| s.cpu_us).collect(),
         );
+        for &(key, label, f) in API_METRICS {
+            let v = ok.iter().filter_map(|s| f(s.api.as_ref()?)).collect();
+            push(key, label, Unit::Us, v);
+        }
         for &(key, label, unit, f) in VM_METRICS {
             let v = ok.iter().filter_map(|s| f(s, s.vm.as_ref()?)).collect();
             push(key, label, unit, v);
@@ -326,6 +364,7 @@ mod tests {
                 vmm_pss_kib: Some(1024),
                 ..RunTimings::default()
             }),
+            api: None,
         }
     }
 
@@ -388,6 +427,45 @@ mod tests {
         assert!(text.contains("run 3 failed: exit code 1: boom"));
         assert!(text.contains("< 3.5 ms: 1.300 ms (met)"));
         assert!(text.ends_with("note: runc skipped\n"));
+    }
+
+    #[test]
+    fn api_metrics_follow_cpu_time() {
+        let mut b = batch();
+        for s in &mut b.samples {
+            s.api = Some(ApiTimes {
+                socket_ready_us: Some(1500.0),
+                start_reply_us: Some(300.0),
+                ..ApiTimes::default()
+            });
+        }
+        let r = BatchReport::new(b);
+        let keys: Vec<&str> = r.metrics.iter().take(5).map(|m| m.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "wall_us",
+                "cpu_us",
+                "socket_ready_us",
+                "start_reply_us",
+                "vmm_ready_us"
+            ]
+        );
+        // The failed run carries API times too, but does not count.
+        assert_eq!(r.metric("socket_ready_us").unwrap().n, 3);
+        let text = table(&[r], &[], &[]);
+        let line = text
+            .lines()
+            .find(|l| l.contains("exec → API socket accepting"))
+            .unwrap();
+        assert!(line.contains("1.500"), "{line}");
+    }
+
+    #[test]
+    fn no_api_metrics_without_api_times() {
+        let r = BatchReport::new(batch());
+        assert!(r.metric("socket_ready_us").is_none());
+        assert!(r.metric("guest_boot_time_us").is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::api::ApiTimes;
 use super::proc::{run_timed, Ended};
 use util::time::monotonic_ns;
 
@@ -33,6 +34,9 @@ pub struct Sample {
     /// Kiln's own timings (VM runs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<RunTimings>,
+    /// What the bench measured over the API socket (`--api` runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiTimes>,
 }
 
 /// What a runner starts.
@@ -109,20 +113,13 @@ impl Runner {
             ..Sample::default()
         };
         match run_timed(&mut cmd, timeout) {
-            Ok(e) => self.finish(&mut s, &e, timeout),
+            Ok(e) => record_end(&mut s, &e, timeout),
             Err(e) => s.error = Some(format!("cannot start {:?}: {e}", cmd.get_program())),
         }
         if let Workload::Kiln { .. } = self.workload {
             s.vm = read_timings(&timings_path);
         }
-        if !s.ok {
-            let text = std::fs::read_to_string(&err_path).unwrap_or_default();
-            let why = s.error.take().unwrap_or_else(|| "failed".into());
-            s.error = Some(match last_line(&text) {
-                Some(line) => format!("{why}: {line}"),
-                None => why,
-            });
-        }
+        add_stderr_tail(&mut s, &err_path);
         if let (Workload::Runc { runc, .. }, false) = (&self.workload, s.ok) {
             // A killed or failed run can leave container state behind.
             let _ = Command::new(runc)
@@ -135,31 +132,46 @@ impl Runner {
         let _ = std::fs::remove_file(&timings_path);
         s
     }
+}
 
-    fn finish(&self, s: &mut Sample, e: &Ended, timeout: Duration) {
-        s.wall_us = e.wall_us();
-        s.cpu_us = e.cpu_us as f64;
-        s.exit_code = e.code;
-        s.ok = e.code == Some(0) && !e.timed_out;
-        if e.timed_out {
-            s.error = Some(format!("timed out after {timeout:?}"));
-        } else if let Some(sig) = e.signal {
-            s.error = Some(format!("killed by signal {sig}"));
-        } else if let Some(code) = e.code.filter(|&c| c != 0) {
-            s.error = Some(format!("exit code {code}"));
-        }
+/// Fills `s` from how the child ended: wall and CPU time, exit code, `ok`, the error.
+pub(crate) fn record_end(s: &mut Sample, e: &Ended, timeout: Duration) {
+    s.wall_us = e.wall_us();
+    s.cpu_us = e.cpu_us as f64;
+    s.exit_code = e.code;
+    s.ok = e.code == Some(0) && !e.timed_out;
+    if e.timed_out {
+        s.error = Some(format!("timed out after {timeout:?}"));
+    } else if let Some(sig) = e.signal {
+        s.error = Some(format!("killed by signal {sig}"));
+    } else if let Some(code) = e.code.filter(|&c| c != 0) {
+        s.error = Some(format!("exit code {code}"));
     }
+}
+
+/// For a failed run: appends the last line of the child's stderr (in `err_path`) to the
+/// error.
+pub(crate) fn add_stderr_tail(s: &mut Sample, err_path: &Path) {
+    if s.ok {
+        return;
+    }
+    let text = std::fs::read_to_string(err_path).unwrap_or_default();
+    let why = s.error.take().unwrap_or_else(|| "failed".into());
+    s.error = Some(match last_line(&text) {
+        Some(line) => format!("{why}: {line}"),
+        None => why,
+    });
 }
 
 /// A name for one run (its files in the scratch directory, its runc container id),
 /// unique across this process's runs even when batches or tests run at the same time.
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("kiln-bench-{}-{n}", std::process::id())
 }
 
-fn read_timings(path: &Path) -> Option<RunTimings> {
+pub(crate) fn read_timings(path: &Path) -> Option<RunTimings> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
 }
@@ -192,9 +204,27 @@ impl Batch {
     }
 }
 
+/// Something [`run_batch`] can time: a named workload, run once per call.
+pub trait Timed: Sync {
+    /// Label in the table and plot.
+    fn name(&self) -> &str;
+    /// Runs once and times it; problems end up in [`Sample::error`].
+    fn run_once(&self, index: usize, scratch: &Path, timeout: Duration) -> Sample;
+}
+
+impl Timed for Runner {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run_once(&self, index: usize, scratch: &Path, timeout: Duration) -> Sample {
+        Runner::run_once(self, index, scratch, timeout)
+    }
+}
+
 /// Runs `runner` `runs` times, `concurrency` at a time (at least 1).
-pub fn run_batch(
-    runner: &Runner,
+pub fn run_batch<R: Timed + ?Sized>(
+    runner: &R,
     runs: usize,
     concurrency: usize,
     scratch: &Path,
@@ -220,7 +250,7 @@ pub fn run_batch(
     let mut samples = samples.into_inner().unwrap_or_else(|p| p.into_inner());
     samples.sort_by_key(|s| s.index);
     Batch {
-        runner: runner.name.clone(),
+        runner: runner.name().to_string(),
         concurrency: workers,
         total_us,
         samples,

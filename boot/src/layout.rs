@@ -68,6 +68,8 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// IRQ line of the i8042 keyboard.
+pub const I8042_KBD_IRQ: u32 = 1;
 
 /// Guest RAM regions `(start, size)` for a VM with `mem_size` bytes of memory:
 /// `[0, mem)` when it fits below the MMIO gap, otherwise split around the gap.

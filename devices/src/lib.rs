@@ -7,6 +7,8 @@ pub mod boot_timer;
 pub mod bus;
 pub mod irq;
 pub mod legacy;
+pub mod metrics;
+pub mod rate_limiter;
 pub mod virtio;
 
 pub use boot_timer::BootTimer;

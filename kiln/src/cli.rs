@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Boot a VM and attach its serial console.
     Run(RunArgs),
+    /// Serve Firecracker's REST API on a Unix socket (Firecracker's flags; also what
+    /// the binary does when run as `firecracker`).
+    Api(crate::api_mode::ApiArgs),
     /// Check /dev/kvm and the host's KVM features.
     Check,
     /// Time VM start-up (phases, memory, VMs/s) against runc and fork/exec.
@@ -92,6 +95,25 @@ pub struct RunArgs {
     pub cgroup: Option<PathBuf>,
 }
 
+/// A config file in Kiln's layout (JSON or TOML) or in Firecracker's (JSON with
+/// `boot-source`, `machine-config`, `drives`, `network-interfaces`, …).
+fn config_file(path: &std::path::Path) -> Result<VmConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !api::model::VmResources::is_firecracker_layout(&text) {
+        return VmConfig::from_file(path);
+    }
+    let parse_err = |msg: String| ConfigError::Parse {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let resources = api::model::VmResources::from_json(&text)
+        .map_err(|e| parse_err(format!("{e} (read as a Firecracker configuration)")))?;
+    resources.to_vm_config(false).map_err(parse_err)
+}
+
 fn parse_mem(s: &str) -> Result<MemSize, ConfigError> {
     parse_size(s).map(MemSize)
 }
@@ -100,7 +122,7 @@ impl RunArgs {
     /// The VM configuration: config file (if any), then flags on top.
     pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
         let mut c = match &self.config {
-            Some(p) => VmConfig::from_file(p)?,
+            Some(p) => config_file(p)?,
             None => VmConfig::default(),
         };
         if let Some(k) = &self.kernel {
@@ -167,5 +189,34 @@ mod tests {
         assert_eq!(c.cmdline, "x");
         std::fs::remove_dir_all(dir).unwrap();
         assert!(Cli::try_parse_from(["kiln", "run", "--memory", "lots"]).is_err());
+    }
+
+    #[test]
+    fn firecracker_layout_config_files_are_read_too() {
+        let dir = std::env::temp_dir().join(format!("kiln-cli-fc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("vm.json");
+        std::fs::write(
+            &f,
+            r#"{"boot-source":{"kernel_image_path":"/k","boot_args":"console=ttyS0"},
+                "machine-config":{"vcpu_count":2,"mem_size_mib":64},
+                "drives":[{"drive_id":"root","path_on_host":"/r.img","is_root_device":true,"is_read_only":false}]}"#,
+        )
+        .unwrap();
+        let c = config_file(&f).unwrap();
+        let bad = dir.join("bad.json");
+        std::fs::write(
+            &bad,
+            r#"{"machine-config":{"vcpu_count":1,"mem_size_mib":64},"x":1}"#,
+        )
+        .unwrap();
+        let err = config_file(&bad).unwrap_err().to_string();
+        std::fs::remove_dir_all(dir).unwrap();
+        assert_eq!(c.kernel, Some(PathBuf::from("/k")));
+        assert_eq!((c.cpus, c.memory.0), (2, 64 << 20));
+        assert_eq!(c.cmdline, "console=ttyS0 root=/dev/vda rw");
+        assert_eq!(c.disks[0].path, PathBuf::from("/r.img"));
+        assert!(err.contains("unknown field `x`"), "{err}");
+        assert!(err.contains("Firecracker"), "{err}");
     }
 }

@@ -1,6 +1,8 @@
 //! The `kiln` binary: parses the command line and runs a VM or a host check.
 
+mod api_mode;
 mod cli;
+mod fc_cli;
 mod jail;
 mod logger;
 mod terminal;
@@ -20,6 +22,9 @@ use cli::{Cli, Command, RunArgs};
 
 fn main() -> ExitCode {
     let start = util::time::monotonic_ns();
+    if fc_cli::invoked_as_firecracker() {
+        return firecracker_main(start);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -38,8 +43,29 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Run(args) => run(&args, start),
+        Command::Api(args) => api_mode::run(&args.fc, args.timings.as_deref(), start),
         Command::Bench(args) => bench::run(&args),
     }
+}
+
+/// The binary run under the name `firecracker`: Firecracker's flags only.
+fn firecracker_main(start: u64) -> ExitCode {
+    let cli = match fc_cli::FirecrackerCli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.exit_code() != 0));
+        }
+    };
+    if cli.version {
+        println!(
+            "Firecracker v{} (Kiln {})",
+            api::model::FIRECRACKER_API_VERSION,
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    api_mode::run(&cli.args, None, start)
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
@@ -48,7 +74,7 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
 }
 
 /// `KILN_START_NS`: a launcher's `CLOCK_MONOTONIC` timestamp taken just before exec.
-fn process_start(main_entry: u64) -> u64 {
+pub(crate) fn process_start(main_entry: u64) -> u64 {
     std::env::var("KILN_START_NS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -61,12 +87,7 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    logger::init(args.log_level, cfg.boot_timer);
-    let reader_gone = Arc::new(ReaderGone::default());
-    let (serial, _raw) = match serial_io(&cfg, &reader_gone) {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
+    logger::init(args.log_level, cfg.boot_timer, "kiln");
     let opts = RunOptions {
         handle_signals: true,
         process_start_ns: process_start(main_entry),
@@ -74,9 +95,16 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
         drop_capabilities: true,
     };
     // Opened before the VM runs: the main thread's seccomp filter allows no open().
-    let mut timings = match args.timings.as_deref().map(TimingsFile::create).transpose() {
-        Ok(t) => t,
+    let mut end = match RunEnd::prepare(args.timings.as_deref()) {
+        Ok(e) => e,
         Err(e) => return fail(&e),
+    };
+    let serial = match end.serial_io(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            end.discard();
+            return fail(&e);
+        }
     };
     let cfg = match &args.jail {
         None => cfg,
@@ -91,45 +119,79 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
                 // The parent outside the namespaces: the jailed Kiln's status.
                 Err(Ok(code)) => return ExitCode::from(code),
                 Err(Err(e)) => {
-                    if let Some(t) = timings.take() {
-                        t.discard();
-                    }
+                    end.discard();
                     return fail(&e);
                 }
             }
         }
     };
-    let vm = match Vm::new(&cfg, serial, opts) {
-        Ok(vm) => vm,
+    match Vm::new(&cfg, serial, opts) {
+        Ok(vm) => end.run(vm),
         Err(e) => {
-            if let Some(t) = timings.take() {
-                t.discard();
-            }
-            return fail(&e);
+            end.discard();
+            fail(&e)
         }
-    };
-    let _ = reader_gone.stop.set(vm.stop_handle());
-    let times = vm.timestamps();
-    let mem_stats = vm.mem_stats();
-    let result = vm.run();
-    let end = util::time::monotonic_ns();
-    log::logger().flush(); // how many lines rate limiting held back, if any
-    drop(_raw);
-    if let Some(t) = timings.as_mut() {
-        let stats = *util::sync::lock(&mem_stats);
-        let record = RunTimings::collect(&times, Some(end), result.as_ref().ok(), stats);
-        t.write(&record);
     }
-    match result {
-        Ok(exit) => {
-            if exit.is_guest_failure() {
-                let _ = writeln!(std::io::stderr(), "kiln: error: {exit}");
-            } else {
-                log::info!("VM ended: {exit}");
-            }
-            ExitCode::from(exit.exit_code() as u8)
+}
+
+/// What surrounds one VM run in the binary: the serial console (and the terminal's raw
+/// mode), the `--timings` file, and the exit status the VM's end maps to.
+pub(crate) struct RunEnd {
+    reader_gone: Arc<ReaderGone>,
+    raw: Option<terminal::RawMode>,
+    timings: Option<TimingsFile>,
+}
+
+impl RunEnd {
+    /// Creates the `--timings` file, if asked for.
+    pub(crate) fn prepare(timings: Option<&std::path::Path>) -> Result<Self, vmm::Error> {
+        Ok(Self {
+            reader_gone: Arc::new(ReaderGone::default()),
+            raw: None,
+            timings: timings.map(TimingsFile::create).transpose()?,
+        })
+    }
+
+    /// The guest's serial console as `cfg` asks for it.
+    pub(crate) fn serial_io(&mut self, cfg: &VmConfig) -> vmm::Result<SerialIo> {
+        let (io, raw) = serial_io(cfg, &self.reader_gone)?;
+        self.raw = raw;
+        Ok(io)
+    }
+
+    /// The VM was not built: removes what was prepared for it.
+    pub(crate) fn discard(mut self) {
+        self.raw = None;
+        if let Some(t) = self.timings.take() {
+            t.discard();
         }
-        Err(e) => fail(&e),
+    }
+
+    /// Runs `vm` to its end and returns Kiln's exit status for it.
+    pub(crate) fn run(mut self, vm: Vm) -> ExitCode {
+        let _ = self.reader_gone.stop.set(vm.stop_handle());
+        let times = vm.timestamps();
+        let mem_stats = vm.mem_stats();
+        let result = vm.run();
+        let end = util::time::monotonic_ns();
+        log::logger().flush(); // how many lines rate limiting held back, if any
+        self.raw = None;
+        if let Some(t) = self.timings.as_mut() {
+            let stats = *util::sync::lock(&mem_stats);
+            let record = RunTimings::collect(&times, Some(end), result.as_ref().ok(), stats);
+            t.write(&record);
+        }
+        match result {
+            Ok(exit) => {
+                if exit.is_guest_failure() {
+                    let _ = writeln!(std::io::stderr(), "kiln: error: {exit}");
+                } else {
+                    log::info!("VM ended: {exit}");
+                }
+                ExitCode::from(exit.exit_code() as u8)
+            }
+            Err(e) => fail(&e),
+        }
     }
 }
 

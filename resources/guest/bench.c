@@ -45,7 +45,7 @@
 static u8 *bench_buf(void) { return (u8 *)(uintptr_t)BENCH_BUF_ADDR; }
 
 /* Token `key` in [lo, hi] (default `def` when absent); reports `check` FAIL when bad. */
-static bool bench_arg(const char *check, const char *key, u64 def, u64 lo, u64 hi, u64 *out)
+bool bench_arg(const char *check, const char *key, u64 def, u64 lo, u64 hi, u64 *out)
 {
     const char *v;
     size_t n;

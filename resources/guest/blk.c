@@ -7,17 +7,14 @@
 #include "lib.h"
 #include "modes.h"
 #include "virtio.h"
+#include "blk.h"
 
 #define VIRTIO_BLK_F_RO 5
 #define VIRTIO_BLK_F_FLUSH 9
-#define VIRTIO_BLK_T_IN 0
-#define VIRTIO_BLK_T_OUT 1
 #define VIRTIO_BLK_T_FLUSH 4
 #define VIRTIO_BLK_T_GET_ID 8
-#define VIRTIO_BLK_S_OK 0
 #define VIRTIO_BLK_S_IOERR 1
 #define VIRTIO_BLK_ID_BYTES 20
-#define SECTOR 512
 #define STATUS_TIMEOUT (-1)
 #define STATUS_QUEUE_FULL (-2)
 
@@ -28,20 +25,14 @@ struct blk_req_hdr {
 };
 
 static struct blk_req_hdr req_hdr __attribute__((aligned(16)));
-static u8 data[4 * SECTOR] __attribute__((aligned(512)));
+u8 blk_data[BLK_DATA_BYTES] __attribute__((aligned(512)));
 static volatile u8 req_status;
-
-struct blk {
-    struct vdev dev;
-    struct virtq q;
-    bool dead; /* a request timed out: skip the remaining ones */
-};
 
 static u8 read_pattern(u64 s, u32 i) { return (u8)((s * 31 + i * 7 + 1) & 0xff); }
 static u8 write_pattern(u64 s, u32 i) { return (u8)((s * 13 + i * 3 + 0x5a) & 0xff); }
 
 /* One request; returns the status byte, STATUS_TIMEOUT or STATUS_QUEUE_FULL. */
-static int blk_request(struct blk *b, u32 type, u64 sector, u32 len, bool device_writes)
+int blk_request(struct blk *b, u32 type, u64 sector, u32 len, bool device_writes)
 {
     if (b->dead)
         return STATUS_TIMEOUT;
@@ -53,7 +44,7 @@ static int blk_request(struct blk *b, u32 type, u64 sector, u32 len, bool device
     req_status = 0xff;
     bufs[n++] = (struct vbuf){ &req_hdr, sizeof(req_hdr), false };
     if (len)
-        bufs[n++] = (struct vbuf){ data, len, device_writes };
+        bufs[n++] = (struct vbuf){ blk_data, len, device_writes };
     bufs[n++] = (struct vbuf){ &req_status, 1, true };
     if (vq_add(&b->q, bufs, n) < 0)
         return STATUS_QUEUE_FULL;
@@ -81,12 +72,12 @@ static bool status_is(const char *check, int got, int want)
     return false;
 }
 
-/* Compare `data` with a per-sector pattern starting at `first`; report the result. */
+/* Compare `blk_data` with a per-sector pattern starting at `first`; report the result. */
 static void verify(const char *check, u64 first, u32 sectors, u8 (*pat)(u64, u32))
 {
     for (u32 s = 0; s < sectors; s++)
         for (u32 i = 0; i < SECTOR; i++) {
-            u8 want = pat(first + s, i), got = data[s * SECTOR + i];
+            u8 want = pat(first + s, i), got = blk_data[s * SECTOR + i];
             if (want != got) {
                 check_fail(check, "sector %lu byte %u expected 0x%02x got 0x%02x",
                            (unsigned long)(first + s), i, want, got);
@@ -96,7 +87,7 @@ static void verify(const char *check, u64 first, u32 sectors, u8 (*pat)(u64, u32
     check_ok(check);
 }
 
-static bool blk_open(struct blk *b, unsigned index, const char *name)
+bool blk_open(struct blk *b, unsigned index, const char *name)
 {
     memset(b, 0, sizeof(*b));
     if (!virtio_find(index, &b->dev, name))
@@ -125,7 +116,7 @@ static void blk_rw_disk(struct blk *b)
     }
 
     /* Sectors 0..3 carry the host pattern. */
-    memset(data, 0, sizeof(data));
+    memset(blk_data, 0, sizeof(blk_data));
     if (status_is("blk_read", blk_request(b, VIRTIO_BLK_T_IN, 0, 4 * SECTOR, true),
                   VIRTIO_BLK_S_OK))
         verify("blk_read", 0, 4, read_pattern);
@@ -133,7 +124,7 @@ static void blk_rw_disk(struct blk *b)
     /* Write sectors 4..5, flush, read back. */
     for (u32 s = 0; s < 2; s++)
         for (u32 i = 0; i < SECTOR; i++)
-            data[s * SECTOR + i] = write_pattern(4 + s, i);
+            blk_data[s * SECTOR + i] = write_pattern(4 + s, i);
     if (status_is("blk_write", blk_request(b, VIRTIO_BLK_T_OUT, 4, 2 * SECTOR, false),
                   VIRTIO_BLK_S_OK))
         check_ok("blk_write");
@@ -144,27 +135,27 @@ static void blk_rw_disk(struct blk *b)
     } else {
         kprintf("KILN-GUEST blk flush not offered\n");
     }
-    memset(data, 0, sizeof(data));
+    memset(blk_data, 0, sizeof(blk_data));
     if (status_is("blk_readback", blk_request(b, VIRTIO_BLK_T_IN, 4, 2 * SECTOR, true),
                   VIRTIO_BLK_S_OK))
         verify("blk_readback", 4, 2, write_pattern);
 
     /* GET_ID: up to 20 bytes, NUL-padded when shorter. */
-    memset(data, 0, sizeof(data));
+    memset(blk_data, 0, sizeof(blk_data));
     int st = blk_request(b, VIRTIO_BLK_T_GET_ID, 0, VIRTIO_BLK_ID_BYTES, true);
     bool has_id = cmdline_get("kiln.blk_id", &v, &n);
     if (st == VIRTIO_BLK_S_OK) {
         size_t idlen = 0;
-        while (idlen < VIRTIO_BLK_ID_BYTES && data[idlen])
+        while (idlen < VIRTIO_BLK_ID_BYTES && blk_data[idlen])
             idlen++;
-        kprintf("KILN-GUEST blk id=%.*s\n", (int)idlen, (const char *)data);
+        kprintf("KILN-GUEST blk id=%.*s\n", (int)idlen, (const char *)blk_data);
         if (has_id) {
             size_t wl = n < VIRTIO_BLK_ID_BYTES ? n : VIRTIO_BLK_ID_BYTES;
-            if (idlen == wl && memcmp(data, v, wl) == 0)
+            if (idlen == wl && memcmp(blk_data, v, wl) == 0)
                 check_ok("blk_id");
             else
                 check_fail("blk_id", "expected %.*s got %.*s", (int)wl, v, (int)idlen,
-                           (const char *)data);
+                           (const char *)blk_data);
         }
     } else if (has_id) {
         status_is("blk_id", st, VIRTIO_BLK_S_OK);
@@ -183,16 +174,16 @@ static void blk_ro_disk(struct blk *b)
         check_ok("blk_ro_feature");
     else
         check_fail("blk_ro_feature", "VIRTIO_BLK_F_RO expected offered got not offered");
-    memset(data, 0xee, SECTOR);
+    memset(blk_data, 0xee, SECTOR);
     if (status_is("blk_ro_write", blk_request(b, VIRTIO_BLK_T_OUT, 0, SECTOR, false),
                   VIRTIO_BLK_S_IOERR))
         check_ok("blk_ro_write");
-    memset(data, 0, SECTOR);
+    memset(blk_data, 0, SECTOR);
     if (status_is("blk_ro_read", blk_request(b, VIRTIO_BLK_T_IN, 0, SECTOR, true),
                   VIRTIO_BLK_S_OK)) {
         kprintf("KILN-GUEST blk_ro sector0=");
         for (int i = 0; i < 16; i++)
-            kprintf("%02x", data[i]);
+            kprintf("%02x", blk_data[i]);
         kprintf("\n");
         check_ok("blk_ro_read");
     }

@@ -124,6 +124,14 @@ void kiln_main(u64 info_paddr, u64 via_pvh)
             cpu_pause();
     } else if (span_eq(mode, mlen, "echo")) {
         do_echo();
+    } else if (span_eq(mode, mlen, "count")) {
+        count_run();
+    } else if (span_eq(mode, mlen, "kbd")) {
+        kbd_run();
+    } else if (span_eq(mode, mlen, "blkresize")) {
+        blkresize_run();
+    } else if (span_eq(mode, mlen, "netrate")) {
+        netrate_run();
     } else {
         check_fail("mode", "unknown mode %.*s", (int)mlen, mode);
     }

@@ -2,6 +2,8 @@
 #ifndef KILN_GUEST_MODES_H
 #define KILN_GUEST_MODES_H
 
+#include "types.h"
+
 /* kiln.mode=blk: virtio-blk checks (blk.c). */
 void blk_run(void);
 /* kiln.mode=net: virtio-net checks (net.c). */
@@ -14,5 +16,14 @@ void blkbench_run(const struct boot_info *bi);
 void netbench_run(const struct boot_info *bi);
 /* kiln.mode=hostile: misbehaving virtio-blk driver, recovery checked after each case. */
 void hostile_run(const struct boot_info *bi);
+/* Token `key` in [lo, hi] (default `def` when absent); reports `check` FAIL when bad
+ * (bench.c). */
+bool bench_arg(const char *check, const char *key, u64 def, u64 lo, u64 hi, u64 *out);
+
+/* Modes for the API tests (api_modes.c). count returns only on a bad kiln.every. */
+void count_run(void);
+void kbd_run(void);
+void blkresize_run(void);
+void netrate_run(void);
 
 #endif

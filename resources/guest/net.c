@@ -8,14 +8,11 @@
 #include "lib.h"
 #include "modes.h"
 #include "virtio.h"
+#include "net.h"
 
 #define VIRTIO_NET_F_MAC 5
-#define NET_HDR_LEN 12
-#define ETH_HLEN 14
-#define ETH_MAX_FRAME 1514
 #define RX_BUF_LEN (NET_HDR_LEN + ETH_MAX_FRAME) /* 1526 */
 #define NRX 4
-#define ETHERTYPE_KILN 0x88b5
 #define DEFAULT_FRAMES 4
 #define MAX_FRAMES 256
 #define RXQ 0
@@ -25,13 +22,6 @@ static u8 rx_bufs[NRX][RX_BUF_LEN] __attribute__((aligned(64)));
 static u8 tx_buf[RX_BUF_LEN] __attribute__((aligned(64)));
 static int rx_of_desc[VQ_MAX_SIZE];
 static bool seen[MAX_FRAMES];
-
-struct net {
-    struct vdev dev;
-    struct virtq rxq, txq;
-    u8 mac[6];
-    unsigned frames, received, bad, ignored;
-};
 
 /* Frame length (no FCS) for sequence number seq: 64..120 bytes. */
 static u32 frame_len(unsigned seq) { return 64 + (seq % 8) * 8; }
@@ -152,7 +142,7 @@ static bool rx_one(struct net *nt, bool block)
     return true;
 }
 
-static bool net_open(struct net *nt)
+bool net_open(struct net *nt)
 {
     if (!virtio_find(0, &nt->dev, "net"))
         return false;
@@ -184,7 +174,7 @@ static bool parse_mac(const char *s, size_t n, u8 *mac)
     return true;
 }
 
-static void net_mac(struct net *nt)
+void net_mac(struct net *nt)
 {
     const char *v;
     size_t n;

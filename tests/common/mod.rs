@@ -1,6 +1,7 @@
 //! Shared helpers for Kiln's integration tests: guest artifacts and the harness.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod net;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex};
 use boot::layout;
 use devices::legacy::serial::ReadFd;
 use devices::legacy::{SerialDevice, SerialInput, I8042};
+use devices::virtio::block::Block;
+use devices::virtio::net::tap::Tap;
+use devices::virtio::net::Net;
+use devices::virtio::MmioTransport;
 use devices::BootTimer;
 use devices::{Bus, IrqLine};
 use event_manager::SubscriberOps;
@@ -43,6 +47,12 @@ pub struct DeviceManager {
     pub quit_evt: EventFd,
     /// The virtio devices' threads (stopped and joined when dropped).
     pub device_threads: Vec<devices::virtio::DeviceThread>,
+    /// The virtio-blk transports, in attach order (for post-boot changes and metrics).
+    pub blocks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
+    /// The virtio-net transports, in attach order.
+    pub nets: Vec<Arc<Mutex<MmioTransport<Net<Tap>>>>>,
+    /// The keyboard controller (the host presses Ctrl+Alt+Del through it).
+    pub i8042: Option<Arc<Mutex<I8042>>>,
     next_slot: u64,
     next_irq: u32,
 }
@@ -57,6 +67,9 @@ impl DeviceManager {
             reset_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating reset eventfd"))?,
             quit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating quit eventfd"))?,
             device_threads: Vec::new(),
+            blocks: Vec::new(),
+            nets: Vec::new(),
+            i8042: None,
             next_slot: 0,
             next_irq: layout::VIRTIO_IRQ_BASE,
         })
@@ -96,11 +109,12 @@ impl DeviceManager {
             em.add_subscriber(Arc::new(Mutex::new(sub)));
         }
         let reset = self.reset_evt.try_clone().map_err(io("cloning eventfd"))?;
-        self.insert_pio(
-            Arc::new(Mutex::new(I8042::new(reset))),
-            layout::I8042_DATA_PORT,
-            5,
-        )?;
+        let kbd_irq = Self::irq_line(vm, layout::I8042_KBD_IRQ)?;
+        let i8042 = Arc::new(Mutex::new(
+            I8042::new(reset).with_keyboard_irq(Box::new(kbd_irq)),
+        ));
+        self.insert_pio(i8042.clone(), layout::I8042_DATA_PORT, 5)?;
+        self.i8042 = Some(i8042);
         self.mmio
             .insert(
                 Arc::new(Mutex::new(BootTimer::new(times))),

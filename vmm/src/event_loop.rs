@@ -42,15 +42,16 @@ impl ExitSubscriber {
             signals,
         }
     }
+}
 
-    fn read_signal(fd: &OwnedFd) -> Option<i32> {
-        // SAFETY: signalfd_siginfo is plain data; read() fills at most its size.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: reading into a buffer of exactly `size` bytes that we own.
-        let n = unsafe { libc::read(fd.as_raw_fd(), &mut info as *mut _ as *mut _, size) };
-        (n == size as isize).then_some(info.ssi_signo as i32)
-    }
+/// Reads one signal from a signalfd (non-blocking): its number, if one was pending.
+pub fn read_signal(fd: &OwnedFd) -> Option<i32> {
+    // SAFETY: signalfd_siginfo is plain data; read() fills at most its size.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reading into a buffer of exactly `size` bytes that we own.
+    let n = unsafe { libc::read(fd.as_raw_fd(), &mut info as *mut _ as *mut _, size) };
+    (n == size as isize).then_some(info.ssi_signo as i32)
 }
 
 impl MutEventSubscriber for ExitSubscriber {
@@ -65,7 +66,7 @@ impl MutEventSubscriber for ExitSubscriber {
         } else if fd == self.latch.event().as_raw_fd() {
             let _ = self.latch.event().read();
         } else if let Some(sfd) = self.signals.as_ref().filter(|s| s.as_raw_fd() == fd) {
-            if let Some(sig) = Self::read_signal(sfd) {
+            if let Some(sig) = read_signal(sfd) {
                 log::info!("received signal {sig}, stopping the VM");
                 self.latch.set(VmExit::Signal(sig));
             }

@@ -23,6 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{kvm_err, Error, Result};
 use crate::exit::{ExitLatch, GuestFault, VmExit};
+use crate::vcpu_control::{VcpuControl, VcpuMetrics};
 
 /// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
 pub fn kick_signal() -> i32 {
@@ -79,6 +80,8 @@ pub struct VcpuContext {
     pub times: Arc<BootTimestamps>,
     /// Whether the host is PVM-backed (for fault messages).
     pub pvm_host: bool,
+    /// Pause requests and exit counters.
+    pub control: Arc<VcpuControl>,
 }
 
 /// KVM's supported CPUID, queried once per VM and fixed up per vCPU by [`configure`].
@@ -148,6 +151,10 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
         if ctx.stop.load(Ordering::Acquire) {
             break;
         }
+        ctx.control.park_if_paused();
+        if ctx.stop.load(Ordering::Acquire) {
+            break;
+        }
         let step = match vcpu.run() {
             Ok(exit) => handle_exit(exit, &ctx),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -171,6 +178,7 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
                 break;
             }
             Step::Fault(reason, suberror) => {
+                VcpuMetrics::count(&ctx.control.metrics.failures);
                 let suberror = suberror.or_else(|| internal_suberror(&mut vcpu));
                 let fault = describe_fault(&vcpu, id, reason, suberror, &ctx);
                 log::debug!("{fault}");
@@ -183,8 +191,10 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
 }
 
 fn handle_exit(exit: VcpuExit, ctx: &VcpuContext) -> Step {
+    let m = &ctx.control.metrics;
     match exit {
         VcpuExit::IoIn(port, data) => {
+            VcpuMetrics::count(&m.exit_io_in);
             data.fill(0xff);
             if !ctx.pio.read(u64::from(port), data) {
                 log::trace!("unhandled port read {port:#x}");
@@ -192,12 +202,14 @@ fn handle_exit(exit: VcpuExit, ctx: &VcpuContext) -> Step {
             Step::Continue
         }
         VcpuExit::IoOut(port, data) => {
+            VcpuMetrics::count(&m.exit_io_out);
             if !ctx.pio.write(u64::from(port), data) {
                 log::trace!("unhandled port write {port:#x}");
             }
             Step::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
+            VcpuMetrics::count(&m.exit_mmio_read);
             data.fill(0);
             if !ctx.mmio.read(addr, data) {
                 log::debug!("unhandled MMIO read {addr:#x}");
@@ -205,6 +217,7 @@ fn handle_exit(exit: VcpuExit, ctx: &VcpuContext) -> Step {
             Step::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
+            VcpuMetrics::count(&m.exit_mmio_write);
             if !ctx.mmio.write(addr, data) {
                 log::debug!("unhandled MMIO write {addr:#x}");
             }

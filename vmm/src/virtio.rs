@@ -14,7 +14,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use crate::config::{parse_mac, NetConfig, VmConfig};
 use crate::confine::Confinement;
 use crate::device_manager::DeviceManager;
-use crate::error::{kvm_err, Result};
+use crate::error::{io, kvm_err, Result};
 use crate::seccomp::ThreadKind;
 
 /// Attaches every disk and net from `cfg`, disks first, in the order given.
@@ -30,13 +30,24 @@ pub fn attach_all(
             path: disk.path.clone(),
             read_only: disk.readonly,
             id: disk.id.clone(),
+            rate_limiter: disk.rate_limiter,
+            cache: disk.cache.into(),
         })?;
-        attach(dev, &format!("kiln-blk{i}"), vm, mem, devices, confine)?;
+        let t = attach(dev, &format!("kiln-blk{i}"), vm, mem, devices, confine)?;
+        devices.blocks.push(t);
     }
     for (i, net) in cfg.nets.iter().enumerate() {
         let tap = Tap::open(&net.tap)?;
-        let dev = Net::new(tap, mac_for(net))?;
-        attach(dev, &format!("kiln-net{i}"), vm, mem, devices, confine)?;
+        let mut dev = Net::new(tap, mac_for(net))?;
+        if net.rx_rate_limiter.is_some() || net.tx_rate_limiter.is_some() {
+            dev.set_rate_limiters(
+                &net.rx_rate_limiter.unwrap_or_default(),
+                &net.tx_rate_limiter.unwrap_or_default(),
+            )
+            .map_err(io("setting up a rate limiter"))?;
+        }
+        let t = attach(dev, &format!("kiln-net{i}"), vm, mem, devices, confine)?;
+        devices.nets.push(t);
     }
     Ok(())
 }
@@ -70,7 +81,7 @@ fn attach<D: VirtioDevice + Send + 'static>(
     mem: &Arc<GuestMemoryMmap>,
     devices: &mut DeviceManager,
     confine: &Arc<Confinement>,
-) -> Result<()> {
+) -> Result<Arc<Mutex<MmioTransport<D>>>> {
     let (base, gsi) = devices.next_virtio_slot()?;
     let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
     let transport = MmioTransport::new(dev, mem.clone(), irq)?;
@@ -82,13 +93,12 @@ fn attach<D: VirtioDevice + Send + 'static>(
         .worker()
         .and_then(|w| DeviceThread::spawn(name, w, device_setup(confine)))?;
     devices.device_threads.push(worker);
-    devices.mmio.insert(
-        Arc::new(Mutex::new(transport)),
-        base,
-        boot::layout::VIRTIO_MMIO_SIZE,
-    )?;
+    let transport = Arc::new(Mutex::new(transport));
+    devices
+        .mmio
+        .insert(transport.clone(), base, boot::layout::VIRTIO_MMIO_SIZE)?;
     log::debug!("virtio-mmio device at {base:#x}, GSI {gsi}, thread {name}");
-    Ok(())
+    Ok(transport)
 }
 
 #[cfg(test)]
@@ -99,7 +109,7 @@ mod tests {
     fn mac_is_stable_and_local() {
         let n = NetConfig {
             tap: "kiln0".into(),
-            mac: None,
+            ..Default::default()
         };
         let m = mac_for(&n);
         assert_eq!(m, mac_for(&n));
@@ -107,6 +117,7 @@ mod tests {
         let n2 = NetConfig {
             tap: "kiln0".into(),
             mac: Some("aa:bb:cc:dd:ee:ff".into()),
+            ..Default::default()
         };
         assert_eq!(mac_for(&n2), [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
     }

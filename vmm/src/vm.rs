@@ -18,19 +18,22 @@ use util::time::BootTimestamps;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::config::VmConfig;
-use crate::confine::{self, Confinement};
+use crate::confine::Confinement;
 use crate::device_manager::{DeviceManager, SerialIo};
 use crate::error::{io, kvm_err, Error, Result};
 use crate::event_loop::{self, ExitSubscriber, Manager};
 use crate::exit::{ExitLatch, VmExit};
+use crate::handle::VmHandle;
 use crate::host;
 use crate::memstats::{self, MemStats};
+use crate::prepare::Prepared;
 use crate::seccomp::{SeccompLevel, ThreadKind};
 use crate::vcpu::{self, VcpuContext};
+use crate::vcpu_control::VcpuControl;
 use crate::vcpu_thread::{SetupError, VcpuThread};
 
 /// Options for running a VM that depend on the embedding program, not the guest.
-#[derive(Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct RunOptions {
     /// Stop on SIGINT/SIGTERM/SIGHUP (the `kiln` binary sets this; library users
     /// usually leave it off and call [`StopHandle::stop`]).
@@ -64,6 +67,7 @@ pub struct Vm {
     mem_stats: Arc<std::sync::Mutex<Option<MemStats>>>,
     smaps: Option<memstats::Smaps>,
     confine: Arc<Confinement>,
+    control: Arc<VcpuControl>,
 }
 
 /// Stops a running VM from another thread.
@@ -86,6 +90,25 @@ impl StopHandle {
 impl Vm {
     /// Builds a VM: KVM VM, memory, devices, kernel loaded, vCPUs configured.
     pub fn new(cfg: &VmConfig, serial: SerialIo, opts: RunOptions) -> Result<Self> {
+        Self::build_with(cfg, serial, opts, None)
+    }
+
+    /// [`Vm::new`] from parts made ahead of time ([`Prepared`]).
+    pub fn from_prepared(
+        prepared: Prepared,
+        cfg: &VmConfig,
+        serial: SerialIo,
+        opts: RunOptions,
+    ) -> Result<Self> {
+        Self::build_with(cfg, serial, opts, Some(prepared))
+    }
+
+    fn build_with(
+        cfg: &VmConfig,
+        serial: SerialIo,
+        opts: RunOptions,
+        prepared: Option<Prepared>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let start = match opts.process_start_ns {
             0 => util::time::monotonic_ns(),
@@ -97,8 +120,11 @@ impl Vm {
             true => Some(event_loop::block_stop_signals()?),
             false => None,
         };
-        let built =
-            confinement(&opts).and_then(|c| Self::build(cfg, serial, times, signals, Arc::new(c)));
+        let prepared = match prepared {
+            Some(p) => Ok(p),
+            None => Prepared::new(&opts),
+        };
+        let built = prepared.and_then(|p| Self::build(cfg, serial, times, signals, p));
         if built.is_err() && opts.handle_signals {
             event_loop::unblock_stop_signals();
         }
@@ -110,9 +136,14 @@ impl Vm {
         serial: SerialIo,
         times: Arc<BootTimestamps>,
         signals: Option<OwnedFd>,
-        confine: Arc<Confinement>,
+        prepared: Prepared,
     ) -> Result<Self> {
-        let kvm = host::open_kvm()?;
+        let Prepared {
+            kvm,
+            fd,
+            cpuid,
+            confine,
+        } = prepared;
         let max = host::max_vcpus(&kvm);
         if cfg.cpus > max {
             return Err(Error::TooManyCpus {
@@ -129,7 +160,6 @@ impl Vm {
                 });
             }
         }
-        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // The vCPU threads confine themselves while the rest is built.
         let setup_error = SetupError::default();
         let vcpu_threads = (0..cfg.cpus)
@@ -167,7 +197,6 @@ impl Vm {
             },
         )?;
         let mut vcpus = Vec::with_capacity(cpus as usize);
-        let cpuid = vcpu::supported_cpuid(&kvm)?;
         for id in 0..cpus {
             let v = fd
                 .create_vcpu(u64::from(id))
@@ -195,6 +224,7 @@ impl Vm {
             // Opened now: the main thread's seccomp filter allows no open() later.
             smaps: memstats::Smaps::open().ok(),
             confine,
+            control: Arc::default(),
         })
     }
 
@@ -228,10 +258,15 @@ impl Vm {
         &self.kvm
     }
 
+    /// A handle that pauses, resumes, changes devices of and stops the VM from another
+    /// thread while it runs.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle::new(self.stop_handle(), self.control.clone(), &self.devices)
+    }
+
     /// Runs the VM to its end: starts the vCPU threads, runs the event loop, then stops
     /// and joins every vCPU. Returns why the VM ended.
     pub fn run(mut self) -> Result<VmExit> {
-        vcpu::install_kick_handler()?;
         let exit_sub = ExitSubscriber::new(
             self.latch.clone(),
             self.devices
@@ -265,18 +300,21 @@ impl Vm {
                 latch: self.latch.clone(),
                 times: self.times.clone(),
                 pvm_host: self.pvm_host,
+                control: self.control.clone(),
             };
             threads.push(thread.start(fd, ctx));
         }
+        self.control
+            .set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
         if let Err(e) = self.confine.enter(ThreadKind::Main) {
             self.latch.set(VmExit::Stopped);
-            stop_vcpus(&stop, threads);
+            stop_vcpus(&stop, &self.control, threads);
             return Err(e.into());
         }
         let result = event_loop::run_until_exit(&mut self.em, &self.latch);
         BootTimestamps::mark(&self.times.vm_stopped);
         self.record_mem_stats();
-        stop_vcpus(&stop, threads);
+        stop_vcpus(&stop, &self.control, threads);
         if let Some(e) = util::sync::lock(&self.setup_error).take() {
             return Err(e.into());
         }
@@ -309,18 +347,11 @@ impl Vm {
     }
 }
 
-/// The confinement `opts` ask for; `no_new_privs` is set on the calling thread (and so
-/// on every thread the VM creates) whenever there is any.
-fn confinement(opts: &RunOptions) -> Result<Confinement> {
-    if opts.drop_capabilities || opts.seccomp != SeccompLevel::Off {
-        confine::set_no_new_privs()?;
-    }
-    Ok(Confinement::new(opts.seccomp, opts.drop_capabilities)?)
-}
-
-/// Sets the stop flag and kicks every vCPU thread until it has left `KVM_RUN`, then joins.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<std::thread::JoinHandle<()>>) {
+/// Sets the stop flag, releases paused vCPUs and kicks every vCPU thread until it has
+/// left `KVM_RUN`, then joins.
+fn stop_vcpus(stop: &AtomicBool, control: &VcpuControl, threads: Vec<std::thread::JoinHandle<()>>) {
     stop.store(true, Ordering::Release);
+    control.stopping();
     for t in threads {
         while !t.is_finished() {
             // SAFETY: the thread is alive (not finished, not joined), so its pthread_t is valid.

@@ -11,7 +11,7 @@
 //! use devices::virtio::{DeviceThread, MmioTransport};
 //!
 //! // 1. A device (errors are `virtio::Error`, naming the path / interface and the fix).
-//! let blk = Block::new(BlockConfig { path: "disk.img".into(), read_only: false, id: None })?;
+//! let blk = Block::new(BlockConfig { path: "disk.img".into(), ..Default::default() })?;
 //!
 //! // 2. Wrap it in the transport with the guest memory and its interrupt line.
 //! let irq = Arc::new(IrqLine::new(gsi)?);          // register irq.evt with KVM_IRQFD on gsi
@@ -194,6 +194,9 @@ pub enum Error {
     /// A device thread's event loop could not be built.
     #[error("cannot build a device thread's event loop: {0}")]
     EventLoop(#[source] event_manager::Error),
+    /// A device's rate limiter (its timerfd) could not be created.
+    #[error("cannot create a rate limiter's timerfd: {0}")]
+    RateLimiter(#[source] std::io::Error),
     /// The disk path is not a regular file or a block device.
     #[error("disk image {path} is {what}, not a regular file or a block device: give an image file (e.g. made with truncate -s 1G disk.img) or a block device")]
     DiskNotAFile {

@@ -1,8 +1,8 @@
 //! Kiln's configuration parsing: config files (JSON and TOML) and the `--disk`, `--net`,
 //! size, MAC and `--serial` parsers of `vmm::config`.
 //!
-//! Input: one selector byte (mod 7: JSON file, TOML file, `--disk`, `--net`, size, MAC,
-//! `--serial`), then the text (invalid UTF-8 replaced, as a command line would not be).
+//! Input: one selector byte (mod 8: JSON file, TOML file, `--disk`, `--net`, size, MAC,
+//! `--serial`, Firecracker-layout JSON file), then the text (invalid UTF-8 replaced, as a command line would not be).
 //! Checked beyond "no panic": whatever parses re-validates without panicking and comes
 //! back unchanged through Kiln's own textual form (JSON for configs, the flag syntax for
 //! devices, `<bytes>B` for sizes, `aa:bb:..` for MACs).
@@ -67,6 +67,22 @@ fn mac(s: &str) {
     }
 }
 
+/// A Firecracker config file (`--config-file`): whatever parses converts to Kiln's
+/// configuration or a message, and survives a JSON round trip (what `GET /vm/config`
+/// answers).
+fn firecracker_file(s: &str) {
+    let Ok(r) = api::model::VmResources::from_json(s) else {
+        return;
+    };
+    assert!(api::model::VmResources::is_firecracker_layout(s) || s.trim_start().starts_with('{'));
+    if let Err(msg) = r.to_vm_config(false) {
+        assert!(!msg.is_empty());
+    }
+    let json = serde_json::to_string(&r).expect("resources serialize");
+    let back = api::model::VmResources::from_json(&json).expect("GET /vm/config output parses");
+    assert_eq!(back, r, "round trip changed the resources: {json}");
+}
+
 fn serial(s: &str) {
     if let Ok(c) = s.parse::<SerialConfig>() {
         let text = String::from(c.clone());
@@ -80,13 +96,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let text = String::from_utf8_lossy(rest);
     let s = text.as_ref();
-    match sel % 7 {
+    match sel % 8 {
         0 => config_file(serde_json::from_str(s).map_err(|e| e.to_string())),
         1 => config_file(toml::from_str(s).map_err(|e| e.to_string())),
         2 => disk(s),
         3 => net(s),
         4 => size(s),
         5 => mac(s),
-        _ => serial(s),
+        6 => serial(s),
+        _ => firecracker_file(s),
     }
 });

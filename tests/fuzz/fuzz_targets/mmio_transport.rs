@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         path: fresh_disk(16 << 10),
         read_only: layout & 4 != 0,
         id: Some("fuzz".into()),
+        ..Default::default()
     })
     .expect("disk opens");
     let irq = Arc::new(CountingIrq::default());

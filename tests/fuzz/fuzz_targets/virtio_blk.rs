@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             path: fresh_disk(DISK_SIZE),
             read_only: bits & 1 != 0,
             id: None,
+            ..Default::default()
         })
         .expect("disk opens")
     });

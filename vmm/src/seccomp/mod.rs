@@ -74,6 +74,9 @@ pub enum ThreadKind {
     Vcpu,
     /// A virtio device thread: queues and the backend (disk image, TAP).
     Device,
+    /// The API server thread (Firecracker-compatible API): its socket, and the files a
+    /// request names (a drive's new image, the metrics file).
+    Api,
 }
 
 impl fmt::Display for ThreadKind {
@@ -82,6 +85,7 @@ impl fmt::Display for ThreadKind {
             Self::Main => "main",
             Self::Vcpu => "vCPU",
             Self::Device => "device",
+            Self::Api => "API",
         })
     }
 }
@@ -89,6 +93,7 @@ impl fmt::Display for ThreadKind {
 /// The compiled filters of one VM (empty when the level is `off`).
 #[derive(Debug, Default)]
 pub struct Filters {
+    level: SeccompLevel,
     main: Option<BpfProgram>,
     vcpu: Option<BpfProgram>,
     device: Option<BpfProgram>,
@@ -118,6 +123,7 @@ impl Filters {
             install_sigsys_handler()?;
         }
         Ok(Self {
+            level,
             main: Some(compile(ThreadKind::Main, level)?),
             vcpu: Some(compile(ThreadKind::Vcpu, level)?),
             device: Some(compile(ThreadKind::Device, level)?),
@@ -126,10 +132,18 @@ impl Filters {
 
     /// Installs the filter of `kind` on the calling thread (nothing when off).
     pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
+        // Only API mode has an API thread: its filter is compiled when it is installed.
+        let api = match (kind, self.level) {
+            (ThreadKind::Api, SeccompLevel::On | SeccompLevel::Log) => {
+                Some(compile(kind, self.level)?)
+            }
+            _ => None,
+        };
         let prog = match kind {
             ThreadKind::Main => &self.main,
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::Device => &self.device,
+            ThreadKind::Api => &api,
         };
         match prog {
             Some(p) => seccompiler::apply_filter(p)

@@ -67,6 +67,54 @@ fn common(rules: &mut Rules) -> Result<(), SeccompError> {
     Ok(())
 }
 
+/// The API thread: an epoll loop over its listening socket and connections; requests
+/// open files (a drive's new image: open, stat, flock, seek to its end), change rate limiters
+/// (timerfds), pause vCPUs (the kick signal) and write metrics.
+fn api(r: &mut Rules) -> Result<(), SeccompError> {
+    for nr in [
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_ctl,
+        libc::SYS_accept4,
+        libc::SYS_read,
+        libc::SYS_recvfrom,
+        libc::SYS_sendto,
+        libc::SYS_writev,
+        libc::SYS_shutdown,
+        libc::SYS_openat,
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+        libc::SYS_lseek,
+        libc::SYS_flock,
+        // Removing the API socket file as the thread ends.
+        libc::SYS_unlink,
+        libc::SYS_unlinkat,
+        libc::SYS_timerfd_settime,
+        libc::SYS_timerfd_gettime,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_nanosleep,
+    ] {
+        r.insert(nr, Vec::new());
+    }
+    r.insert(
+        libc::SYS_tgkill,
+        one_of(2, &[libc::SIGABRT as u64, libc::SIGRTMIN() as u64])?,
+    );
+    r.insert(
+        libc::SYS_fcntl,
+        one_of(
+            1,
+            &[
+                libc::F_GETFD as u64,
+                libc::F_GETFL as u64,
+                libc::F_SETFL as u64,
+            ],
+        )?,
+    );
+    Ok(())
+}
+
 /// The allowlist of `kind`.
 pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
     let mut r = Rules::new();
@@ -124,10 +172,14 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
                 libc::SYS_fdatasync,
                 libc::SYS_fsync,
                 libc::SYS_fallocate,
+                // Rate limiters' timers.
+                libc::SYS_timerfd_settime,
+                libc::SYS_timerfd_gettime,
             ] {
                 r.insert(nr, Vec::new());
             }
         }
+        ThreadKind::Api => api(&mut r)?,
     }
     Ok(r)
 }

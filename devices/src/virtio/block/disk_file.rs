@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::super::Error;
@@ -89,18 +89,38 @@ pub fn open(path: &Path, read_only: bool) -> Result<DiskFile, Error> {
     }
     set_blocking(&file).map_err(open_err)?;
     lock(&file, path, read_only)?;
-    let size = if meta.file_type().is_file() {
-        meta.len()
-    } else {
-        // A block device's st_size is 0: its size is where its end is.
-        (&file)
-            .seek(SeekFrom::End(0))
-            .map_err(|source| Error::DiskSize {
-                path: path.to_path_buf(),
-                source,
-            })?
-    };
+    let size = size_of(&file, &meta, path)?;
     Ok(DiskFile { file, size })
+}
+
+/// The current size in bytes of the image open as `file` (for a resized image).
+pub fn size(file: &File, path: &Path) -> Result<u64, Error> {
+    let meta = file.metadata().map_err(|source| Error::DiskSize {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    size_of(file, &meta, path)
+}
+
+fn size_of(file: &File, meta: &std::fs::Metadata, path: &Path) -> Result<u64, Error> {
+    if meta.file_type().is_file() {
+        return Ok(meta.len());
+    }
+    // A block device's st_size is 0: its size is where its end is.
+    (&*file)
+        .seek(SeekFrom::End(0))
+        .map_err(|source| Error::DiskSize {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Whether `path` names the file open as `file` (same device and inode).
+pub fn is_same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Clears `O_NONBLOCK` (requests do blocking `pread`/`pwrite`).

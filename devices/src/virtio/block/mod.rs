@@ -1,22 +1,32 @@
 //! virtio-blk (virtio 1.2 §5.2) backed by a raw image file on the host.
 //!
 //! The image is `flock`ed (exclusive read-write, shared read-only) so two VMs cannot
-//! write one disk. Requests run synchronously on the event-loop thread. When the
-//! driver does not negotiate `VIRTIO_BLK_F_FLUSH` the device is write-through: each
-//! write is followed by `fdatasync` before it completes.
+//! write one disk. Requests run synchronously on the device thread.
+//!
+//! Caching ([`CacheType`]): a `Writeback` disk offers `VIRTIO_BLK_F_FLUSH`, and when the
+//! driver does not negotiate it the device is write-through: each write is followed by
+//! `fdatasync` before it completes. An `Unsafe` disk offers no FLUSH and never syncs.
+//!
+//! Each request is charged to the disk's [`RateLimiter`] (one operation plus its data
+//! bytes) before it runs; a refused request goes back on the queue and the pass stops
+//! until the limiter's timerfd (the device's backend fd 0) fires.
 
 mod disk_file;
 mod guest_io;
 mod request;
+mod update;
 
 use std::fs::File;
+use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use event_manager::EventSet;
 use log::warn;
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_blk::{self as vb, virtio_blk_config};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::ByteValued;
 
 use super::{
@@ -25,6 +35,8 @@ use super::{
     queue::{self, PassBudget, PassEnd},
     Error, Interrupt, Mem, VirtioDevice, TYPE_BLOCK,
 };
+use crate::metrics::{inc, BlockMetrics};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 
 /// `VIRTIO_BLK_F_SEG_MAX`: `seg_max` is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << vb::VIRTIO_BLK_F_SEG_MAX;
@@ -49,8 +61,20 @@ const CONFIG_LEN: usize = std::mem::offset_of!(virtio_blk_config, max_secure_era
 /// Sectors per discard / write-zeroes segment Kiln accepts.
 const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 
+/// How a disk's writes reach the host's storage (Firecracker's `cache_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum CacheType {
+    /// `VIRTIO_BLK_F_FLUSH` is offered and FLUSH syncs the image; a driver that does not
+    /// negotiate it gets write-through writes (`fdatasync` after each).
+    #[default]
+    Writeback,
+    /// No FLUSH is offered and nothing is ever synced: writes sit in the host's page
+    /// cache (fast; a host crash loses them).
+    Unsafe,
+}
+
 /// What the VMM configures for one disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BlockConfig {
     /// Host path of the raw image (a file or a block device).
     pub path: PathBuf,
@@ -59,6 +83,10 @@ pub struct BlockConfig {
     /// Serial returned by `VIRTIO_BLK_T_GET_ID` (at most 20 bytes); default derived from
     /// the file's device and inode numbers.
     pub id: Option<String>,
+    /// Limits on requests and bytes (`None`: unlimited).
+    pub rate_limiter: Option<RateLimiterConfig>,
+    /// Caching mode.
+    pub cache: CacheType,
 }
 
 /// The host side of the disk, used by the request handler.
@@ -68,10 +96,64 @@ struct Disk {
     read_only: bool,
     nsectors: u64,
     id: [u8; 20],
+    /// `id` was derived from the image (not configured): it follows a replaced image.
+    id_derived: bool,
+    cache: CacheType,
     flush_negotiated: bool,
     discard: bool,
     write_zeroes: bool,
     buf: Vec<u8>,
+}
+
+impl Disk {
+    /// Whether each write must be synced before it completes.
+    fn write_through(&self) -> bool {
+        self.cache == CacheType::Writeback && !self.flush_negotiated
+    }
+}
+
+/// An opened, locked image: what [`Block::new`] and [`Block::replace_disk`] install.
+struct Image {
+    file: File,
+    nsectors: u64,
+    /// The serial derived from the file's device and inode numbers.
+    derived_id: String,
+}
+
+impl Image {
+    fn open(path: &Path, read_only: bool) -> Result<Self, Error> {
+        let disk_file::DiskFile { file, size } = disk_file::open(path, read_only)?;
+        let derived_id = match file.metadata() {
+            Ok(m) => format!("kiln{:x}-{:x}", m.dev(), m.ino()),
+            Err(_) => "kiln".to_string(),
+        };
+        Ok(Self {
+            file,
+            nsectors: sectors(size, path),
+            derived_id,
+        })
+    }
+}
+
+/// The whole sectors in an image of `size` bytes (warns about a partial last one).
+fn sectors(size: u64, path: &Path) -> u64 {
+    if size & (SECTOR_SIZE - 1) != 0 {
+        warn!(
+            "virtio-blk: {} is {size} bytes, not a multiple of {SECTOR_SIZE}: the last \
+             {} bytes are not visible to the guest",
+            path.display(),
+            size % SECTOR_SIZE
+        );
+    }
+    size / SECTOR_SIZE
+}
+
+/// A serial as the 20 bytes `VIRTIO_BLK_T_GET_ID` returns (cut, zero-padded).
+fn serial(id: &str) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    let n = id.len().min(20);
+    out[..n].copy_from_slice(&id.as_bytes()[..n]);
+    out
 }
 
 struct Active {
@@ -86,6 +168,8 @@ pub struct Block {
     avail_features: u64,
     config: Vec<u8>,
     active: Option<Active>,
+    limiter: RateLimiter,
+    metrics: Arc<BlockMetrics>,
 }
 
 impl Block {
@@ -95,52 +179,43 @@ impl Block {
             path,
             read_only,
             id,
+            rate_limiter,
+            cache,
         } = cfg;
         if let Some(id) = &id {
             if id.len() > 20 {
                 return Err(Error::BlockIdTooLong(id.clone()));
             }
         }
-        let disk_file::DiskFile { file, size } = disk_file::open(&path, read_only)?;
-        if size & (SECTOR_SIZE - 1) != 0 {
-            warn!(
-                "virtio-blk: {} is {size} bytes, not a multiple of {SECTOR_SIZE}: the last \
-                 {} bytes are not visible to the guest",
-                path.display(),
-                size % SECTOR_SIZE
-            );
-        }
-        let nsectors = size / SECTOR_SIZE;
-        let mut disk_id = [0u8; 20];
-        let id = match id {
-            Some(id) => id,
-            None => match file.metadata() {
-                Ok(m) => format!("kiln{:x}-{:x}", m.dev(), m.ino()),
-                Err(_) => "kiln".to_string(),
-            },
-        };
-        let n = id.len().min(20);
-        disk_id[..n].copy_from_slice(&id.as_bytes()[..n]);
+        let limiter =
+            RateLimiter::new(&rate_limiter.unwrap_or_default()).map_err(Error::RateLimiter)?;
+        let image = Image::open(&path, read_only)?;
+        let id_derived = id.is_none();
+        let disk_id = serial(id.as_deref().unwrap_or(&image.derived_id));
 
         let mut avail_features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
-            | VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_BLK_SIZE;
+        if cache == CacheType::Writeback {
+            avail_features |= VIRTIO_BLK_F_FLUSH;
+        }
         if read_only {
             avail_features |= VIRTIO_BLK_F_RO;
         } else {
             avail_features |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
         }
-        let config = config_space(nsectors);
+        let config = config_space(image.nsectors);
 
         Ok(Self {
             disk: Disk {
-                file,
+                file: image.file,
                 path,
                 read_only,
-                nsectors,
+                nsectors: image.nsectors,
                 id: disk_id,
+                id_derived,
+                cache,
                 flush_negotiated: false,
                 discard: false,
                 write_zeroes: false,
@@ -149,6 +224,8 @@ impl Block {
             avail_features,
             config,
             active: None,
+            limiter,
+            metrics: Arc::new(BlockMetrics::default()),
         })
     }
 
@@ -163,18 +240,29 @@ impl Block {
         let Some(act) = self.active.as_mut() else {
             return false;
         };
-        if act.interrupt.needs_reset() {
+        // A throttled device waits for its timer, whatever the driver says meanwhile.
+        if act.interrupt.needs_reset() || self.limiter.is_blocked() {
             return false;
         }
         let mem = act.mem.clone();
         let q = &mut act.queue;
+        let m = &*self.metrics;
         let mut budget = PassBudget::new(q.size());
         let mut used = false;
         let end = loop {
             match queue::pop(q, &mem) {
                 Ok(Some(chain)) => {
                     let head = chain.head_index();
-                    let (len, moved) = request::handle(&mut self.disk, &mem, chain);
+                    let req = request::parse(&mem, chain, m);
+                    if let Some((ops, bytes)) = req.cost() {
+                        if !self.limiter.consume(ops, bytes) {
+                            // Back on the ring: the same request is popped after the timer.
+                            q.go_to_previous_position();
+                            inc(&m.rate_limiter_throttled_events);
+                            break PassEnd::Blocked;
+                        }
+                    }
+                    let (len, moved) = request::run(&mut self.disk, &mem, req, m);
                     if let Err(e) = queue::add_used(q, &mem, head, len) {
                         break PassEnd::Broken(e);
                     }
@@ -184,12 +272,17 @@ impl Block {
                     }
                 }
                 // Publish avail_event and catch requests that arrived meanwhile.
-                Ok(None) => match queue::rearm(q, &mem) {
-                    Ok(true) if budget.turn() => continue,
-                    Ok(true) => break PassEnd::Yielded,
-                    Ok(false) => break PassEnd::Drained,
-                    Err(e) => break PassEnd::Broken(e),
-                },
+                Ok(None) => {
+                    if !used {
+                        inc(&m.no_avail_buffer);
+                    }
+                    match queue::rearm(q, &mem) {
+                        Ok(true) if budget.turn() => continue,
+                        Ok(true) => break PassEnd::Yielded,
+                        Ok(false) => break PassEnd::Drained,
+                        Err(e) => break PassEnd::Broken(e),
+                    }
+                }
                 Err(e) => break PassEnd::Broken(e),
             }
         };
@@ -250,10 +343,11 @@ impl VirtioDevice for Block {
     }
 
     fn ack_features(&mut self, features: u64) {
+        let features = features & self.avail_features;
         self.disk.flush_negotiated = has(features, VIRTIO_BLK_F_FLUSH);
         self.disk.discard = has(features, VIRTIO_BLK_F_DISCARD);
         self.disk.write_zeroes = has(features, VIRTIO_BLK_F_WRITE_ZEROES);
-        if !self.disk.flush_negotiated && !self.disk.read_only {
+        if self.disk.write_through() && !self.disk.read_only {
             log::info!(
                 "virtio-blk: {}: driver did not negotiate FLUSH, writes are write-through",
                 self.disk.path.display()
@@ -277,7 +371,8 @@ impl VirtioDevice for Block {
             .ok_or(Error::QueueCount {
                 device: "virtio-blk",
                 want: 1,
-            })?;
+            })
+            .inspect_err(|_| inc(&self.metrics.activate_fails))?;
         self.active = Some(Active {
             mem,
             queue,
@@ -294,9 +389,34 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, index: usize) -> bool {
-        index == 0 && self.process()
+        if index != 0 {
+            return false;
+        }
+        inc(&self.metrics.queue_event_count);
+        self.process()
+    }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        self.limiter.timer_fd().into_iter().collect()
+    }
+
+    fn backend_interest(&self, _index: usize) -> EventSet {
+        if self.active.is_some() {
+            EventSet::IN
+        } else {
+            EventSet::empty()
+        }
+    }
+
+    fn process_backend(&mut self, _index: usize, _events: EventSet) -> bool {
+        // The rate limiter's timer: a throttled request may go now.
+        self.limiter.on_timer();
+        inc(&self.metrics.rate_limiter_event_count);
+        self.process()
     }
 }
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod tests;

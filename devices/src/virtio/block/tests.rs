@@ -7,21 +7,21 @@ use vm_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempfile::TempFile;
 
-const HDR: u64 = 0x10000;
-const DATA: u64 = 0x20000;
-const STATUS: u64 = 0x30000;
+pub(super) const HDR: u64 = 0x10000;
+pub(super) const DATA: u64 = 0x20000;
+pub(super) const STATUS: u64 = 0x30000;
 
-type Vq = &'static MockSplitQueue<'static, GuestMemoryMmap<()>>;
+pub(super) type Vq = &'static MockSplitQueue<'static, GuestMemoryMmap<()>>;
 
-struct Rig {
-    _file: TempFile,
-    blk: Block,
-    mem: Mem,
-    irq: Arc<CountingIrq>,
-    vq: Vq,
+pub(super) struct Rig {
+    pub(super) _file: TempFile,
+    pub(super) blk: Block,
+    pub(super) mem: Mem,
+    pub(super) irq: Arc<CountingIrq>,
+    pub(super) vq: Vq,
 }
 
-fn image(size: usize) -> TempFile {
+pub(super) fn image(size: usize) -> TempFile {
     let f = TempFile::new().unwrap();
     let mut data = vec![0u8; size];
     for (i, b) in data.iter_mut().enumerate() {
@@ -31,18 +31,19 @@ fn image(size: usize) -> TempFile {
     f
 }
 
-fn rig(ro: bool, size: usize, features: u64) -> Rig {
+pub(super) fn rig(ro: bool, size: usize, features: u64) -> Rig {
     let file = image(size);
     let blk = Block::new(BlockConfig {
         path: file.as_path().to_path_buf(),
         read_only: ro,
         id: Some("disk-one".into()),
+        ..Default::default()
     })
     .unwrap();
     rig_with(file, blk, features)
 }
 
-fn rig_with(file: TempFile, mut blk: Block, features: u64) -> Rig {
+pub(super) fn rig_with(file: TempFile, mut blk: Block, features: u64) -> Rig {
     let mem = mem();
     let irq = Arc::new(CountingIrq::default());
     blk.ack_features(features & blk.features());
@@ -66,11 +67,11 @@ fn rig_with(file: TempFile, mut blk: Block, features: u64) -> Rig {
 }
 
 impl Rig {
-    fn needs_reset(&self) -> bool {
+    pub(super) fn needs_reset(&self) -> bool {
         self.blk.active.as_ref().unwrap().interrupt.needs_reset()
     }
 
-    fn header(&self, t: u32, sector: u64) {
+    pub(super) fn header(&self, t: u32, sector: u64) {
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&t.to_le_bytes());
         h[8..16].copy_from_slice(&sector.to_le_bytes());
@@ -79,7 +80,7 @@ impl Rig {
     }
 
     /// Submits `descs` at table index `start`, processes, returns (status, used len).
-    fn run(&mut self, start: u16, descs: &[(u64, u32, bool)]) -> (u8, u32) {
+    pub(super) fn run(&mut self, start: u16, descs: &[(u64, u32, bool)]) -> (u8, u32) {
         let vq = self.vq;
         let before = used_idx(vq);
         add_chain(vq, start, descs);
@@ -95,7 +96,13 @@ impl Rig {
         (self.mem.read_obj(GuestAddress(STATUS)).unwrap(), len)
     }
 
-    fn req(&mut self, t: u32, sector: u64, data_len: u32, data_write: bool) -> (u8, u32) {
+    pub(super) fn req(
+        &mut self,
+        t: u32,
+        sector: u64,
+        data_len: u32,
+        data_write: bool,
+    ) -> (u8, u32) {
         self.header(t, sector);
         let mut d = vec![(HDR, 16, false)];
         if data_len > 0 {
@@ -161,6 +168,7 @@ fn get_id_and_default_id() {
         path: f.as_path().to_path_buf(),
         read_only: true,
         id: None,
+        ..Default::default()
     })
     .unwrap();
     let mut r = rig_with(f, blk, 0);
@@ -171,6 +179,7 @@ fn get_id_and_default_id() {
         path: "/nonexistent".into(),
         read_only: true,
         id: Some("x".repeat(21)),
+        ..Default::default()
     })
     .is_err());
 }
@@ -437,6 +446,7 @@ fn open_errors_and_lock() {
         path: "/nonexistent/disk.img".into(),
         read_only: false,
         id: None,
+        ..Default::default()
     })
     .err()
     .unwrap();
@@ -451,6 +461,7 @@ fn open_errors_and_lock() {
         path: f.as_path().to_path_buf(),
         read_only: false,
         id: None,
+        ..Default::default()
     };
     let first = Block::new(cfg.clone()).unwrap();
     assert!(matches!(

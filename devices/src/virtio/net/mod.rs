@@ -8,24 +8,31 @@
 //! not returned) and is retried when the fd becomes writable (EPOLLOUT is watched only
 //! then). The TAP is read only while the driver has RX buffers posted; when it runs out,
 //! EPOLLIN is dropped until the driver notifies the RX queue.
+//!
+//! Rate limiting: each direction has a [`RateLimiter`], charged one operation plus the
+//! frame's bytes (virtio-net header included) per frame. A refused TX frame goes back on
+//! the ring; a refused RX frame stays read but undelivered, and EPOLLIN is dropped. Both
+//! resume when the limiter's timerfd fires. Backend fds: 0 the TAP, 1 the RX limiter's
+//! timer, 2 the TX limiter's timer.
 
+mod rx;
 pub mod tap;
+mod tx;
 
-use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use event_manager::EventSet;
 use log::{error, warn};
 use virtio_bindings::virtio_net as vn;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::ByteValued;
 
-use super::chain;
 use super::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
-use super::queue::{self, PassBudget, PassEnd, QueueBroken};
+use super::queue::{self, PassEnd};
 use super::{has, Error, Interrupt, Mem, VirtioDevice, TYPE_NET};
+use crate::metrics::{inc, NetMetrics};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 
 /// Device handles partial checksums from the driver.
@@ -106,7 +113,21 @@ pub struct Net<B: NetBackend> {
     tx_buf: Vec<u8>,
     /// A TX frame in `tx_buf` the backend refused with `EAGAIN`: its chain head and length.
     tx_pending: Option<(u16, usize)>,
+    /// The frame in `rx_buf` was charged to the RX limiter.
+    rx_paid: bool,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
+    metrics: Arc<NetMetrics>,
+    /// The backend failed (error or hang-up): it is no longer watched.
     broken: bool,
+}
+
+/// What a backend fd of the device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fd {
+    Backend,
+    RxTimer,
+    TxTimer,
 }
 
 impl<B: NetBackend> Net<B> {
@@ -139,8 +160,43 @@ impl<B: NetBackend> Net<B> {
             rx_wanted: false,
             tx_buf: vec![0; MAX_FRAME_LEN],
             tx_pending: None,
+            rx_paid: false,
+            rx_limiter: unlimited()?,
+            tx_limiter: unlimited()?,
+            metrics: Arc::new(NetMetrics::default()),
             broken: false,
         })
+    }
+
+    /// Sets the receive and transmit limits (an all-`None` config removes them), before
+    /// activation or while running; a frame held back by the old limits is retried at
+    /// once.
+    pub fn set_rate_limiters(
+        &mut self,
+        rx: &RateLimiterConfig,
+        tx: &RateLimiterConfig,
+    ) -> std::io::Result<()> {
+        self.rx_limiter.update(rx);
+        self.tx_limiter.update(tx);
+        Ok(())
+    }
+
+    /// The device's counters (shared: the device keeps counting into them).
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The backend fds in [`VirtioDevice::backend_fds`] order, with what each is.
+    fn fds(&self) -> impl Iterator<Item = (Fd, RawFd)> {
+        let rx = self.rx_limiter.timer_fd().map(|fd| (Fd::RxTimer, fd));
+        let tx = self.tx_limiter.timer_fd().map(|fd| (Fd::TxTimer, fd));
+        std::iter::once((Fd::Backend, self.backend.as_raw_fd()))
+            .chain(rx)
+            .chain(tx)
+    }
+
+    fn fd_kind(&self, index: usize) -> Option<Fd> {
+        self.fds().nth(index).map(|(kind, _)| kind)
     }
 
     /// The backend (e.g. the [`tap::Tap`]).
@@ -150,9 +206,10 @@ impl<B: NetBackend> Net<B> {
 
     /// Ends a pass: notifies the driver of used buffers and turns a broken queue into
     /// `DEVICE_NEEDS_RESET`. Returns true when work is left for another pass.
-    fn end_pass(act: &mut Active, rx: bool, used: bool, end: PassEnd) -> bool {
+    fn end_pass(act: &mut Active, rx: bool, used: bool, end: PassEnd, m: &NetMetrics) -> bool {
         let q = if rx { &mut act.rx } else { &mut act.tx };
         if used {
+            inc(if rx { &m.rx_count } else { &m.tx_count });
             queue::notify_used(q, &act.mem, &act.interrupt);
         }
         match end {
@@ -165,187 +222,6 @@ impl<B: NetBackend> Net<B> {
                 false
             }
             PassEnd::Drained | PassEnd::Blocked => false,
-        }
-    }
-
-    /// Moves frames from the backend into RX buffers while both exist (one bounded pass).
-    fn process_rx(&mut self) -> bool {
-        let Some(act) = self.active.as_mut().filter(|a| !a.interrupt.needs_reset()) else {
-            return false;
-        };
-        let mem = act.mem.clone();
-        let q = &mut act.rx;
-        let mut budget = PassBudget::new(q.size());
-        let mut used = false;
-        let end = loop {
-            if !budget.turn() {
-                break PassEnd::Yielded;
-            }
-            if self.rx_len.is_none() {
-                // Take a frame from the backend only when a buffer is there for it.
-                let avail = match q.avail_idx(&*mem, Ordering::Acquire) {
-                    Ok(i) => i.0 != q.next_avail(),
-                    Err(e) => break PassEnd::Broken(QueueBroken::Avail(e)),
-                };
-                if !avail {
-                    // Out of buffers: ask for a notification, re-checking for a race.
-                    match queue::rearm(q, &mem) {
-                        Ok(true) => continue,
-                        Ok(false) => {
-                            self.rx_wanted = false;
-                            break PassEnd::Drained;
-                        }
-                        Err(e) => break PassEnd::Broken(e),
-                    }
-                }
-                match self.backend.read_frame(&mut self.rx_buf) {
-                    Ok(n) => self.rx_len = Some(n),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break PassEnd::Blocked,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        error!("virtio-net: backend read failed: {e}");
-                        break PassEnd::Blocked;
-                    }
-                }
-            }
-            let Some(n) = self.rx_len else {
-                break PassEnd::Blocked;
-            };
-            let c = match queue::pop(q, &mem) {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    self.rx_wanted = false;
-                    break PassEnd::Drained;
-                }
-                Err(e) => break PassEnd::Broken(e),
-            };
-            let head = c.head_index();
-            let len = match chain::parse(&mem, c, u64::from(u32::MAX)) {
-                Ok(p) if p.readable.len() == 0 && p.writable.len() >= VNET_HDR_LEN as u64 => {
-                    if (n as u64) > p.writable.len() || n < VNET_HDR_LEN {
-                        warn!(
-                            "virtio-net: dropping a {n}-byte frame: RX buffer holds {} bytes",
-                            p.writable.len()
-                        );
-                        q.go_to_previous_position();
-                        self.rx_len = None;
-                        continue;
-                    }
-                    // num_buffers = 1 (§5.1.6.4).
-                    self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-                    self.rx_len = None;
-                    match p.writable.write_at(&mem, 0, &self.rx_buf[..n]) {
-                        Ok(()) => n as u32,
-                        Err(e) => {
-                            warn!("virtio-net: cannot write RX frame: {e}");
-                            0
-                        }
-                    }
-                }
-                Ok(_) => {
-                    warn!("virtio-net: RX chain {head} is not a device-writable buffer of >= 12 bytes");
-                    0
-                }
-                Err(rej) => {
-                    warn!("virtio-net: malformed RX chain {head}: {}", rej.error);
-                    0
-                }
-            };
-            if let Err(e) = queue::add_used(q, &mem, head, len) {
-                break PassEnd::Broken(e);
-            }
-            used = true;
-            budget.spend(u64::from(len));
-        };
-        Self::end_pass(act, true, used, end)
-    }
-
-    /// Reads TX chain `c` into `tx_buf`; the frame's length, or None for a bad chain.
-    fn read_tx(&mut self, mem: &Mem, c: queue::Chain<'_>) -> Option<usize> {
-        let head = c.head_index();
-        match chain::parse(mem, c, MAX_FRAME_LEN as u64) {
-            Ok(p) if p.writable.len() == 0 && p.readable.len() >= VNET_HDR_LEN as u64 => {
-                // parse() bounded the length by MAX_FRAME_LEN == tx_buf.len().
-                let n = p.readable.len() as usize;
-                match p.readable.read_at(mem, 0, &mut self.tx_buf[..n]) {
-                    Ok(()) => Some(n),
-                    Err(e) => {
-                        warn!("virtio-net: cannot read TX chain {head}: {e}");
-                        None
-                    }
-                }
-            }
-            Ok(_) => {
-                warn!("virtio-net: TX chain {head} is not a readable frame of >= 12 bytes");
-                None
-            }
-            Err(rej) => {
-                warn!("virtio-net: malformed TX chain {head}: {}", rej.error);
-                None
-            }
-        }
-    }
-
-    /// Sends the frame in `tx_buf`; false when the backend is full (keep it pending).
-    fn send_tx(&mut self, len: usize) -> bool {
-        match self.backend.write_frame(&self.tx_buf[..len]) {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
-            Err(e) => {
-                warn!("virtio-net: dropping TX frame: {e}");
-                true
-            }
-            Ok(_) => true,
-        }
-    }
-
-    /// Sends TX chains to the backend until the queue is empty, the backend is full or
-    /// the pass budget is spent.
-    fn process_tx(&mut self) -> bool {
-        let Some(act) = self.active.as_ref().filter(|a| !a.interrupt.needs_reset()) else {
-            return false;
-        };
-        let mem = act.mem.clone();
-        let mut budget = PassBudget::new(act.tx.size());
-        let mut used = false;
-        let end = loop {
-            let (head, len) = match self.tx_pending.take() {
-                Some(pending) => pending,
-                None => {
-                    let Some(act) = self.active.as_mut() else {
-                        break PassEnd::Drained;
-                    };
-                    let c = match queue::pop(&mut act.tx, &mem) {
-                        Ok(Some(c)) => c,
-                        Ok(None) => match queue::rearm(&mut act.tx, &mem) {
-                            Ok(true) if budget.turn() => continue,
-                            Ok(true) => break PassEnd::Yielded,
-                            Ok(false) => break PassEnd::Drained,
-                            Err(e) => break PassEnd::Broken(e),
-                        },
-                        Err(e) => break PassEnd::Broken(e),
-                    };
-                    let head = c.head_index();
-                    (head, self.read_tx(&mem, c).unwrap_or(0))
-                }
-            };
-            if len > 0 && !self.send_tx(len) {
-                self.tx_pending = Some((head, len));
-                break PassEnd::Blocked;
-            }
-            let Some(act) = self.active.as_mut() else {
-                break PassEnd::Drained;
-            };
-            if let Err(e) = queue::add_used(&mut act.tx, &mem, head, 0) {
-                break PassEnd::Broken(e);
-            }
-            used = true;
-            if !budget.spend(len as u64) {
-                break PassEnd::Yielded;
-            }
-        };
-        match self.active.as_mut() {
-            Some(act) => Self::end_pass(act, false, used, end),
-            None => false,
         }
     }
 }
@@ -377,9 +253,12 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), Error> {
-        let [rx, tx]: [Queue; 2] = queues.try_into().map_err(|_| Error::QueueCount {
-            device: "virtio-net",
-            want: 2,
+        let [rx, tx]: [Queue; 2] = queues.try_into().map_err(|_| {
+            inc(&self.metrics.activate_fails);
+            Error::QueueCount {
+                device: "virtio-net",
+                want: 2,
+            }
         })?;
         if self.backend.offloads_supported() {
             let f = self.acked_features;
@@ -393,9 +272,10 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
                     flags |= TUN_F_TSO6;
                 }
             }
-            self.backend
-                .set_offload(flags)
-                .map_err(|source| Error::Offload { flags, source })?;
+            self.backend.set_offload(flags).map_err(|source| {
+                inc(&self.metrics.activate_fails);
+                Error::Offload { flags, source }
+            })?;
         }
         self.active = Some(Active {
             mem,
@@ -412,6 +292,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.active = None;
         self.acked_features = 0;
         self.rx_len = None;
+        self.rx_paid = false;
         self.rx_wanted = false;
         if self.tx_pending.take().is_some() {
             warn!("virtio-net: reset dropped a pending TX frame");
@@ -421,33 +302,58 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn process_queue(&mut self, index: usize) -> bool {
         match index {
             RX_QUEUE => {
+                inc(&self.metrics.rx_queue_event_count);
                 self.rx_wanted = true;
                 self.process_rx()
             }
-            TX_QUEUE => self.process_tx(),
+            TX_QUEUE => {
+                inc(&self.metrics.tx_queue_event_count);
+                self.process_tx()
+            }
             _ => false,
         }
     }
 
     fn backend_fds(&self) -> Vec<RawFd> {
-        vec![self.backend.as_raw_fd()]
+        self.fds().map(|(_, fd)| fd).collect()
     }
 
-    fn backend_interest(&self, _index: usize) -> EventSet {
+    fn backend_interest(&self, index: usize) -> EventSet {
         let mut s = EventSet::empty();
-        if self.broken || self.active.is_none() {
+        if self.active.is_none() {
             return s;
         }
-        if self.rx_wanted {
-            s |= EventSet::IN;
-        }
-        if self.tx_pending.is_some() {
-            s |= EventSet::OUT;
+        match self.fd_kind(index) {
+            Some(Fd::Backend) if !self.broken => {
+                // A frame held back by the RX limiter waits for the timer, not the TAP.
+                if self.rx_wanted && !self.rx_limiter.is_blocked() {
+                    s |= EventSet::IN;
+                }
+                if self.tx_pending.is_some() {
+                    s |= EventSet::OUT;
+                }
+            }
+            Some(Fd::RxTimer | Fd::TxTimer) => s |= EventSet::IN,
+            Some(Fd::Backend) | None => {}
         }
         s
     }
 
-    fn process_backend(&mut self, _index: usize, events: EventSet) -> bool {
+    fn process_backend(&mut self, index: usize, events: EventSet) -> bool {
+        match self.fd_kind(index) {
+            Some(Fd::Backend) => {}
+            Some(Fd::RxTimer) => {
+                self.rx_limiter.on_timer();
+                inc(&self.metrics.rx_event_rate_limiter_count);
+                return self.process_rx();
+            }
+            Some(Fd::TxTimer) => {
+                self.tx_limiter.on_timer();
+                inc(&self.metrics.tx_rate_limiter_event_count);
+                return self.process_tx();
+            }
+            None => return false,
+        }
         if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
             error!("virtio-net: backend fd error or hang-up; no longer watched");
             self.broken = true;
@@ -461,5 +367,12 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 }
 
+/// A limiter without limits (the device's until [`Net::set_rate_limiters`]).
+fn unlimited() -> Result<RateLimiter, Error> {
+    RateLimiter::new(&RateLimiterConfig::default()).map_err(Error::RateLimiter)
+}
+
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod tests;

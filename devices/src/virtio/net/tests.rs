@@ -3,25 +3,26 @@ use crate::virtio::test_utils::*;
 use crate::virtio::{status, MmioTransport};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use std::collections::VecDeque;
+use std::io::ErrorKind;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Mutex;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-type Vq = &'static MockSplitQueue<'static, GuestMemoryMmap<()>>;
-const RXQ: u64 = 0;
-const TXQ: u64 = 0x8000;
-const BUF: u64 = 0x10000;
+pub(super) type Vq = &'static MockSplitQueue<'static, GuestMemoryMmap<()>>;
+pub(super) const RXQ: u64 = 0;
+pub(super) const TXQ: u64 = 0x8000;
+pub(super) const BUF: u64 = 0x10000;
 
 #[derive(Default)]
-struct FakeState {
-    rx: VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
-    block_tx: bool,
-    reads: usize,
+pub(super) struct FakeState {
+    pub(super) rx: VecDeque<Vec<u8>>,
+    pub(super) tx: Vec<Vec<u8>>,
+    pub(super) block_tx: bool,
+    pub(super) reads: usize,
 }
 
-struct Fake {
+pub(super) struct Fake {
     st: Arc<Mutex<FakeState>>,
     evt: EventFd,
 }
@@ -54,13 +55,13 @@ impl NetBackend for Fake {
     }
 }
 
-struct Rig {
-    net: Net<Fake>,
-    st: Arc<Mutex<FakeState>>,
-    mem: Mem,
-    irq: Arc<CountingIrq>,
-    rx: Vq,
-    tx: Vq,
+pub(super) struct Rig {
+    pub(super) net: Net<Fake>,
+    pub(super) st: Arc<Mutex<FakeState>>,
+    pub(super) mem: Mem,
+    pub(super) irq: Arc<CountingIrq>,
+    pub(super) rx: Vq,
+    pub(super) tx: Vq,
 }
 
 fn leak_vq(mem: &Mem, at: u64) -> Vq {
@@ -72,7 +73,7 @@ fn leak_vq(mem: &Mem, at: u64) -> Vq {
     )))
 }
 
-fn rig() -> Rig {
+pub(super) fn rig() -> Rig {
     let st = Arc::new(Mutex::new(FakeState::default()));
     let fake = Fake {
         st: st.clone(),
@@ -96,7 +97,7 @@ fn rig() -> Rig {
     }
 }
 
-fn frame(len: usize, fill: u8) -> Vec<u8> {
+pub(super) fn frame(len: usize, fill: u8) -> Vec<u8> {
     let mut f = vec![fill; len];
     f[..VNET_HDR_LEN].fill(0);
     f
@@ -232,7 +233,7 @@ impl NetBackend for Sock {
 }
 
 impl Rig {
-    fn needs_reset(&self) -> bool {
+    pub(super) fn needs_reset(&self) -> bool {
         self.net.active.as_ref().unwrap().interrupt.needs_reset()
     }
 }

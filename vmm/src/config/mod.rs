@@ -130,6 +130,9 @@ impl From<SerialConfig> for String {
 /// Which entry point to use for ELF kernels that offer PVH: the boot crate's own type.
 pub use boot::BootProtocol;
 
+mod devices;
+pub use self::devices::{parse_kv, parse_mac, DiskCache, DiskConfig, NetConfig};
+
 /// A guest memory size: an integer (MiB) or a string with a K/M/G suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "SizeRepr", into = "String")]
@@ -177,29 +180,6 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     };
     let n: u64 = num.trim().parse().map_err(|_| err())?;
     n.checked_mul(1u64 << shift).ok_or_else(err)
-}
-
-/// A virtio-blk disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskConfig {
-    /// Raw image file.
-    pub path: PathBuf,
-    /// Guest cannot write.
-    #[serde(default)]
-    pub readonly: bool,
-    /// Serial number reported by GET_ID (20 bytes max).
-    #[serde(default)]
-    pub id: Option<String>,
-}
-
-/// A virtio-net interface on a TAP.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetConfig {
-    /// TAP interface name (opened if it exists, created and removed on exit if not).
-    pub tap: String,
-    /// Guest MAC address; generated from the TAP name if absent.
-    #[serde(default)]
-    pub mac: Option<String>,
 }
 
 /// The whole VM configuration.
@@ -284,145 +264,6 @@ impl VmConfig {
         }
         self.nets.iter().try_for_each(NetConfig::check)
     }
-}
-
-/// Splits `key=value,key=value` device options (a first bare value is `first_key`).
-pub fn parse_kv(
-    what: &'static str,
-    s: &str,
-    first_key: &str,
-) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut out = Vec::new();
-    for (i, part) in s.split(',').enumerate() {
-        match part.split_once('=') {
-            Some((k, v)) if !k.is_empty() => out.push((k.to_string(), v.to_string())),
-            None if i == 0 && !part.is_empty() => out.push((first_key.to_string(), part.into())),
-            _ => {
-                return Err(ConfigError::DeviceOption {
-                    what,
-                    value: s.to_string(),
-                    why: format!("'{part}' is not key=value"),
-                })
-            }
-        }
-    }
-    Ok(out)
-}
-
-impl std::str::FromStr for DiskConfig {
-    type Err = ConfigError;
-    /// Parses `path=FILE[,readonly=on][,id=NAME]`.
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = |why: String| ConfigError::DeviceOption {
-            what: "--disk",
-            value: s.to_string(),
-            why,
-        };
-        let mut disk = DiskConfig {
-            path: PathBuf::new(),
-            readonly: false,
-            id: None,
-        };
-        for (k, v) in parse_kv("--disk", s, "path")? {
-            match k.as_str() {
-                "path" => disk.path = PathBuf::from(v),
-                "readonly" | "ro" => {
-                    disk.readonly = match v.as_str() {
-                        "on" | "true" | "yes" | "1" => true,
-                        "off" | "false" | "no" | "0" => false,
-                        _ => return Err(bad(format!("readonly={v}: use readonly=on or off"))),
-                    }
-                }
-                "id" => disk.id = Some(v),
-                _ => return Err(bad(format!("unknown key '{k}': use path, readonly, id"))),
-            }
-        }
-        if disk.path.as_os_str().is_empty() {
-            return Err(bad("missing path: use --disk path=FILE".into()));
-        }
-        Ok(disk)
-    }
-}
-
-impl std::str::FromStr for NetConfig {
-    type Err = ConfigError;
-    /// Parses `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]`.
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = |why: String| ConfigError::DeviceOption {
-            what: "--net",
-            value: s.to_string(),
-            why,
-        };
-        let mut net = NetConfig {
-            tap: String::new(),
-            mac: None,
-        };
-        for (k, v) in parse_kv("--net", s, "tap")? {
-            match k.as_str() {
-                "tap" => net.tap = v,
-                "mac" => net.mac = Some(v),
-                _ => return Err(bad(format!("unknown key '{k}': use tap, mac"))),
-            }
-        }
-        if !tap_name_ok(&net.tap) {
-            return Err(bad(
-                "tap name must be 1 to 15 characters: use --net tap=NAME".into(),
-            ));
-        }
-        if let Some(m) = &net.mac {
-            check_mac(m).map_err(|why| bad(format!("mac '{m}': {why}")))?;
-        }
-        Ok(net)
-    }
-}
-
-impl NetConfig {
-    /// The checks `--net` applies, for nets from a config file: a valid TAP name and,
-    /// when given, a valid MAC.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        if !tap_name_ok(&self.tap) {
-            return Err(ConfigError::TapName(self.tap.clone()));
-        }
-        match &self.mac {
-            Some(m) => check_mac(m).map(drop).map_err(|why| ConfigError::Mac {
-                tap: self.tap.clone(),
-                mac: m.clone(),
-                why,
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
-fn tap_name_ok(name: &str) -> bool {
-    (1..=15).contains(&name.len())
-}
-
-/// A MAC a NIC can have: six hex bytes, not multicast (bit 0 of the first byte clear).
-fn check_mac(s: &str) -> Result<[u8; 6], &'static str> {
-    let mac = parse_mac(s).ok_or(
-        "write it as six hex bytes AA:BB:CC:DD:EE:FF, e.g. 02:00:00:00:00:01, or leave it out",
-    )?;
-    if mac[0] & 1 != 0 {
-        return Err(
-            "it is a multicast address: clear bit 0 of the first byte, e.g. 02:00:00:00:00:01",
-        );
-    }
-    Ok(mac)
-}
-
-/// Parses a MAC address `AA:BB:CC:DD:EE:FF`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 #[cfg(test)]
@@ -513,6 +354,7 @@ mod tests {
             nets: vec![NetConfig {
                 tap: tap.into(),
                 mac: mac.map(String::from),
+                ..Default::default()
             }],
             ..VmConfig::default()
         }
