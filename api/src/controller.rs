@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 use vmm::config::VmConfig;
+use vmm::snapshot::{RestoreOptions, VmSnapshot};
 use vmm::VmHandle;
 
 use crate::metrics::{ApiCounters, MetricsSink};
@@ -59,6 +60,8 @@ fn json<T: Serialize>(v: &T) -> String {
 pub type StartHook = Box<dyn FnMut(VmConfig) -> Result<VmHandle, String> + Send>;
 /// Points the log at a file and sets its level and format.
 pub type LoggerHook = Box<dyn FnMut(&Logger) -> Result<(), String> + Send>;
+/// Builds a VM from a snapshot (on the thread that owns VMs): its handle or why not.
+pub type RestoreHook = Box<dyn FnMut(VmSnapshot, RestoreOptions) -> Result<VmHandle, String> + Send>;
 
 /// What the controller needs from the process it runs in.
 pub struct Hooks {
@@ -66,6 +69,8 @@ pub struct Hooks {
     pub start: StartHook,
     /// See [`LoggerHook`].
     pub logger: LoggerHook,
+    /// See [`RestoreHook`].
+    pub restore: RestoreHook,
 }
 
 /// The API's state: the instance id, the pre-boot resources, then the running VM.
@@ -155,6 +160,23 @@ impl Controller {
     pub fn adopt(&mut self, handle: VmHandle) {
         let drive_ids = self.drive_ids();
         self.vm = Some(Running { handle, drive_ids });
+    }
+
+    /// Records a VM built from Kiln's own configuration (`kiln run --api-sock`) as
+    /// running; the API describes it in Firecracker's layout (drives `disk0`, …,
+    /// interfaces `net0`, …).
+    pub fn adopt_config(&mut self, cfg: &VmConfig, handle: VmHandle) {
+        self.resources = VmResources::from_vm_config(cfg);
+        self.adopt(handle);
+    }
+
+    /// Records a VM restored from a snapshot (`kiln restore`) as running, with the
+    /// API's view of its configuration saved in the snapshot.
+    pub fn adopt_snapshot(&mut self, api: Option<serde_json::Value>, handle: VmHandle) {
+        self.resources = api
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        self.adopt(handle);
     }
 
     /// Opens the metrics file given on the command line (`--metrics-path`).
@@ -285,6 +307,8 @@ impl Controller {
                 Reply::NoContent
             }
             ApiRequest::Action(a) => self.action(a.action_type)?,
+            ApiRequest::CreateSnapshot(p) => self.create_snapshot(&p)?,
+            ApiRequest::LoadSnapshot(p) => self.load_snapshot(&p)?,
             ApiRequest::PatchVm(v) => {
                 let vm = self.running()?;
                 match v.state {
@@ -454,8 +478,12 @@ fn req_group(req: &ApiRequest) -> Option<(&'static str, &'static str)> {
         ApiRequest::PatchVm(_) => ("patch", "vm"),
         ApiRequest::PutLogger(_) => ("put", "logger"),
         ApiRequest::PutMetrics(_) => ("put", "metrics"),
+        ApiRequest::CreateSnapshot(_) => ("put", "create_snapshot"),
+        ApiRequest::LoadSnapshot(_) => ("put", "load_snapshot"),
     })
 }
+
+mod snapshots;
 
 #[cfg(test)]
 mod tests;

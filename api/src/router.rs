@@ -6,7 +6,8 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{
     BootSource, Drive, InstanceActionInfo, Logger, MachineConfig, MachineConfigPatch, Metrics,
-    NetworkInterface, PartialDrive, PartialNetworkInterface, VmStateChange,
+    NetworkInterface, PartialDrive, PartialNetworkInterface, SnapshotCreateParams,
+    SnapshotLoadParams, VmStateChange,
 };
 
 /// A request the controller acts on.
@@ -42,6 +43,10 @@ pub enum ApiRequest {
     PutLogger(Logger),
     /// `PUT /metrics`.
     PutMetrics(Metrics),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// Every method and path Kiln serves (path parameters as `{name}`), the list
@@ -62,11 +67,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/vm/config"),
     ("PUT", "/logger"),
     ("PUT", "/metrics"),
+    ("PUT", "/snapshot/create"),
+    ("PUT", "/snapshot/load"),
 ];
 
 /// Firecracker resources Kiln answers with "not supported" (first path segment).
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("snapshot", "snapshots (/snapshot/create, /snapshot/load)"),
     ("entropy", "the entropy device (/entropy)"),
     ("vsock", "vsock (/vsock)"),
     ("balloon", "the balloon device (/balloon)"),
@@ -121,6 +127,8 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, String
         ("GET", "vm", Some("config")) => Ok(ApiRequest::GetVmConfig),
         ("PUT", "logger", None) => body_of(body).map(ApiRequest::PutLogger),
         ("PUT", "metrics", None) => body_of(body).map(ApiRequest::PutMetrics),
+        ("PUT", "snapshot", Some("create")) => body_of(body).map(ApiRequest::CreateSnapshot),
+        ("PUT", "snapshot", Some("load")) => body_of(body).map(ApiRequest::LoadSnapshot),
         (_, "drives" | "network-interfaces", None) => Err(format!(
             "{method} {path}: the {first} path needs an id, e.g. /{first}/rootfs."
         )),

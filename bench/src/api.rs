@@ -19,13 +19,13 @@
 //! with the same guest and are timed exec → exit (plus Kiln's timings or the log line).
 
 pub mod boot_log;
-pub mod client;
 pub mod socket;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use api::client::{request_bytes, Client, ClientError, Reply};
 use serde::{Deserialize, Serialize};
 use util::time::monotonic_ns;
 use vmm::timings::RunTimings;
@@ -35,7 +35,6 @@ use super::report::{BatchReport, TargetCheck};
 use super::runners::{add_stderr_tail, read_timings, record_end, run_id, Sample, Timed};
 use super::BenchArgs;
 use boot_log::{read_log, BootLine};
-use client::{request_bytes, Client, Reply};
 use socket::SocketWatch;
 
 /// Label of Kiln's API runner.
@@ -78,22 +77,9 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
-    /// The VMM closed the connection before replying.
-    #[error("the VMM closed the API connection before replying")]
-    Closed,
-    /// The reply was not HTTP/1.1 as expected.
-    #[error("malformed API reply: {0}")]
-    Malformed(String),
-    /// A request was refused.
-    #[error("{what} answered {status}: {fault}")]
-    Status {
-        /// The request.
-        what: &'static str,
-        /// The status code.
-        status: u16,
-        /// Firecracker's `fault_message` or the body.
-        fault: String,
-    },
+    /// Talking to the API failed, or a request was refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// What the bench timed over the API socket, in µs; "exec" is just before the spawn.
@@ -401,14 +387,8 @@ impl ApiRunner {
 }
 
 fn expect(r: Reply, what: &'static str) -> Result<(), ApiError> {
-    match r.status {
-        204 => Ok(()),
-        status => Err(ApiError::Status {
-            what,
-            status,
-            fault: r.fault(),
-        }),
-    }
+    r.expect(204, what)?;
+    Ok(())
 }
 
 impl Timed for ApiRunner {

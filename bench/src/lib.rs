@@ -11,6 +11,7 @@
 //! and its progress to stderr.
 
 pub mod api;
+mod args;
 pub mod io;
 pub mod min_guest;
 pub mod plot;
@@ -27,6 +28,9 @@ use std::time::Duration;
 use serde::Serialize;
 use vmm_sys_util::tempdir::TempDir;
 
+pub use args::BenchArgs;
+#[cfg(test)]
+pub(crate) use args::test_args;
 use report::{BatchReport, TargetCheck};
 use runners::{run_batch, Runner, Timed, Workload};
 
@@ -35,111 +39,6 @@ pub const DEFAULT_KERNEL: &str = "resources/out/guest/kiln-test-guest.elf";
 /// Where `resources/bench/setup-container.sh` puts the OCI bundle.
 pub const DEFAULT_BUNDLE: &str = "resources/out/bench/bundle";
 
-/// `kiln bench` flags.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
-    /// Guest kernel [default: the minimal PVH guest of resources/guest/minimal, built into
-    /// kiln; with --io, the test guest resources/out/guest/kiln-test-guest.elf].
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// Initial ramdisk.
-    #[arg(long)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "console=ttyS0")]
-    pub cmdline: String,
-    /// Guest memory, e.g. 128M [default: kiln run's].
-    #[arg(long, value_parser = parse_memory)]
-    pub memory: Option<String>,
-    /// Runs per runner and mode [default: 20; 3 with --io].
-    #[arg(long)]
-    pub runs: Option<usize>,
-    /// Also run a batch this many at a time and report runs per second (when > 1).
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
-    /// Untimed runs per runner first (warm caches; a failing warm-up skips the runner).
-    #[arg(long, default_value_t = 1)]
-    pub warmup: usize,
-    /// Kill a run after this many seconds.
-    #[arg(long, default_value_t = 30)]
-    pub timeout: u64,
-    /// Write all raw samples and summaries as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write an SVG chart here.
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
-    /// Do not measure: redraw --plot from the raw samples of this earlier --json file.
-    #[arg(long, requires = "plot", value_name = "JSON")]
-    pub replot: Option<PathBuf>,
-    /// Skip the Kiln VM runner.
-    #[arg(long)]
-    pub no_vm: bool,
-    /// Skip the runc container runner.
-    #[arg(long)]
-    pub no_container: bool,
-    /// Skip the fork/exec baseline.
-    #[arg(long)]
-    pub no_baseline: bool,
-    /// OCI bundle for runc [default: resources/out/bench/bundle in the repository; make it
-    /// with resources/bench/setup-container.sh].
-    #[arg(long)]
-    pub bundle: Option<PathBuf>,
-    /// The runc binary.
-    #[arg(long, default_value = "runc")]
-    pub runc: PathBuf,
-    /// Another command to time exec→exit, split on whitespace (repeatable), e.g.
-    /// "qemu-system-x86_64 -M microvm ...".
-    #[arg(long = "other")]
-    pub other: Vec<String>,
-    /// Measure virtio I/O instead of start-up: blk (virtio-blk on a temp file, next to
-    /// the host doing the same I/O) or net (virtio-net through a TAP; needs root).
-    #[arg(long, value_enum)]
-    pub io: Option<io::IoKind>,
-    /// --io blk: operation.
-    #[arg(long, value_enum, default_value = "read")]
-    pub io_op: io::host::BlkOp,
-    /// --io blk: KiB per run.
-    #[arg(long, default_value_t = 1024)]
-    pub io_kib: u64,
-    /// --io blk: bytes per request (multiple of 512).
-    #[arg(long, default_value_t = 4096)]
-    pub io_req: u64,
-    /// --io blk: requests in flight (1..=10).
-    #[arg(long, default_value_t = 1)]
-    pub io_qd: u64,
-    /// --io net: frames per run.
-    #[arg(long, default_value_t = 200)]
-    pub io_frames: u64,
-    /// --io net: frame length in bytes (60..=1514, no FCS).
-    #[arg(long, default_value_t = 1514)]
-    pub io_len: u64,
-    /// --io net: TAP to use (created and deleted unless it exists) [default: kb followed by
-    /// the process ID].
-    #[arg(long)]
-    pub tap: Option<String>,
-    /// Time start-up through Firecracker's interface instead of runc/fork/exec/--other:
-    /// `kiln run` (unless --no-vm), `kiln api --no-api --config-file`, and `kiln api` driven
-    /// over its socket (exec → socket accepting, InstanceStart → 204 and → first KVM_RUN).
-    #[arg(long, conflicts_with = "io")]
-    pub api: bool,
-    /// With --api: time this Firecracker binary the same way, with --boot-timer (no
-    /// timings file: its Guest-boot-time log line instead). A symlink named `firecracker`
-    /// to kiln stands in for one (kiln answers Firecracker's flags under that name).
-    #[arg(long, requires = "api", value_name = "FIRECRACKER")]
-    pub api_other: Option<PathBuf>,
-}
-
-impl BenchArgs {
-    /// `--runs` for the start-up benchmark.
-    pub fn startup_runs(&self) -> usize {
-        self.runs.unwrap_or(20)
-    }
-}
-
-fn parse_memory(s: &str) -> Result<String, vmm::config::ConfigError> {
-    vmm::config::parse_size(s).map(|_| s.to_string())
-}
 
 /// Why `kiln bench` could not run.
 #[derive(Debug, thiserror::Error)]
@@ -529,50 +428,11 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     }
 }
 
-/// `kiln bench` flags parsed from `argv` (tests of this module and its children).
-#[cfg(test)]
-pub(crate) mod test_args {
-    use super::BenchArgs;
-
-    /// A command whose only arguments are the bench flags.
-    #[derive(clap::Parser)]
-    pub(crate) struct T {
-        #[command(flatten)]
-        pub(crate) b: BenchArgs,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::test_args::T;
     use super::*;
     use clap::Parser;
-
-    #[test]
-    fn defaults_and_flags() {
-        let t = T::try_parse_from(["t"]).unwrap();
-        assert_eq!(
-            (t.b.startup_runs(), t.b.concurrency, t.b.warmup),
-            (20, 1, 1)
-        );
-        assert_eq!(t.b.cmdline, "console=ttyS0");
-        let t = T::try_parse_from([
-            "t",
-            "--runs",
-            "5",
-            "--memory",
-            "64M",
-            "--other",
-            "a b",
-            "--other",
-            "c",
-            "--no-container",
-        ])
-        .unwrap();
-        assert_eq!(t.b.other, ["a b", "c"]);
-        assert!(t.b.no_container);
-        assert!(T::try_parse_from(["t", "--memory", "lots"]).is_err());
-    }
 
     #[test]
     fn missing_kernel_is_explained() {

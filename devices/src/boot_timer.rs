@@ -1,5 +1,10 @@
 //! Boot-timer device, compatible with Firecracker's: the guest writes the byte
 //! [`BOOT_TIMER_MAGIC`] to the first byte of the device's MMIO slot to say "booted".
+//!
+//! Snapshots: the device has no guest-visible state (reads return nothing; it only
+//! records the first magic write in the process's [`BootTimestamps`]), so it saves
+//! nothing. A restored VM gets a new `BootTimer` recording into the new process's
+//! timestamps; a guest that already booted does not write the magic again.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -9,6 +9,7 @@ pub mod irq;
 pub mod legacy;
 pub mod metrics;
 pub mod rate_limiter;
+pub mod snapshot;
 pub mod virtio;
 
 pub use boot_timer::BootTimer;

@@ -1,5 +1,6 @@
 //! [`VmBuilder`]: what a test configures, and starting the VM (child or in-process).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -19,6 +20,7 @@ pub struct VmBuilder {
     cfg: VmConfig,
     kiln: Option<PathBuf>,
     args: Vec<String>,
+    api: bool,
 }
 
 impl VmBuilder {
@@ -32,6 +34,7 @@ impl VmBuilder {
             cfg,
             kiln: None,
             args: Vec::new(),
+            api: false,
         }
     }
 
@@ -83,6 +86,20 @@ impl VmBuilder {
         self
     }
 
+    /// Log the pages the guest dirties, so that [`RunningVm::snapshot_diff`] works.
+    pub fn track_dirty_pages(mut self, on: bool) -> Self {
+        self.cfg.track_dirty_pages = on;
+        self
+    }
+
+    /// Serve Firecracker's API on a socket in the VM's temp dir (`kiln run --api-sock`),
+    /// for [`RunningVm::pause`], [`RunningVm::resume`], [`RunningVm::snapshot`] and
+    /// [`RunningVm::api_call`]. Child processes only ([`VmBuilder::spawn`]).
+    pub fn api(mut self, on: bool) -> Self {
+        self.api = on;
+        self
+    }
+
     /// Extra `kiln run` arguments (e.g. `--log-level debug`).
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
@@ -105,42 +122,10 @@ impl VmBuilder {
             source: std::io::Error::other(e),
         })?;
         std::fs::write(&cfg_path, json).map_err(io_err("writing the VM config"))?;
-        let timings = dir.as_path().join("timings.json");
-        let kiln = self
-            .kiln
-            .clone()
-            .or_else(|| std::env::var_os("KILN_BIN").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("kiln"));
-        let mut child = Command::new(&kiln)
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg_path)
-            .arg("--timings")
-            .arg(&timings)
-            .arg("--boot-timer")
-            .args(&self.args)
-            .env("KILN_START_NS", util::time::monotonic_ns().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io_err(format!("starting {}", kiln.display())))?;
-        let serial = SerialLog::new();
-        let out = child.stdout.take().map(|o| serial.collect(o));
-        let log = SerialLog::new();
-        let err = child.stderr.take().map(|e| log.collect(e));
-        let stdin = child.stdin.take();
-        Ok(RunningVm {
-            serial,
-            log,
-            readers: out.into_iter().chain(err).collect(),
-            backend: Backend::Child {
-                child,
-                stdin,
-                timings,
-                _dir: dir,
-            },
-        })
+        let args: Vec<OsString> = vec!["run".into(), "--config".into(), cfg_path.into()];
+        let kiln = kiln_binary(self.kiln.as_deref());
+        let extra = [&["--boot-timer".to_string()][..], &self.args].concat();
+        spawn_child(&kiln, args, &extra, dir, self.api)
     }
 
     /// Runs the VM on a thread of this process (no child process; serial through pipes).
@@ -167,6 +152,9 @@ impl VmBuilder {
             serial,
             log,
             readers: vec![reader],
+            api: None,
+            kiln: None,
+            base: None,
             backend: Backend::InProcess {
                 thread: Some(thread),
                 stop,
@@ -175,6 +163,61 @@ impl VmBuilder {
             },
         })
     }
+}
+
+/// The `kiln` binary: `explicit`, else `$KILN_BIN`, else `kiln` on PATH.
+pub(crate) fn kiln_binary(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("KILN_BIN").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("kiln"))
+}
+
+/// Starts `kiln <args> --timings <dir>/timings.json [--api-sock <dir>/api.sock] <extra>`
+/// with the serial console on its stdin/stdout; `dir` lives as long as the VM.
+pub(crate) fn spawn_child(
+    kiln: &Path,
+    mut args: Vec<OsString>,
+    extra: &[String],
+    dir: TempDir,
+    api: bool,
+) -> HResult<RunningVm> {
+    let timings = dir.as_path().join("timings.json");
+    args.push("--timings".into());
+    args.push(timings.clone().into());
+    let sock = api.then(|| dir.as_path().join("api.sock"));
+    if let Some(s) = &sock {
+        args.push("--api-sock".into());
+        args.push(s.into());
+    }
+    args.extend(extra.iter().map(OsString::from));
+    let mut child = Command::new(kiln)
+        .args(&args)
+        .env("KILN_START_NS", util::time::monotonic_ns().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(format!("starting {}", kiln.display())))?;
+    let serial = SerialLog::new();
+    let out = child.stdout.take().map(|o| serial.collect(o));
+    let log = SerialLog::new();
+    let err = child.stderr.take().map(|e| log.collect(e));
+    let stdin = child.stdin.take();
+    Ok(RunningVm {
+        serial,
+        log,
+        readers: out.into_iter().chain(err).collect(),
+        api: sock,
+        kiln: Some(kiln.to_path_buf()),
+        base: None,
+        backend: Backend::Child {
+            child,
+            stdin,
+            timings,
+            _dir: dir,
+        },
+    })
 }
 
 /// A TAP interface name unique to this process and call (at most 15 characters), for

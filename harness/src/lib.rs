@@ -7,6 +7,12 @@
 //! Nothing is global: every VM has its own pipes, temp files and (for nets) the TAP
 //! names you give it, so tests can run VMs in parallel.
 //!
+//! A spawned VM built with [`VmBuilder::api`] serves Firecracker's API on a socket in
+//! its temp dir: [`RunningVm::pause`], [`RunningVm::resume`], [`RunningVm::snapshot`]
+//! (a [`Snapshot`]: state and memory files) and [`RunningVm::api_call`];
+//! [`Snapshot::restore`] gives a [`RestoreBuilder`] that starts a VM from a snapshot
+//! (`kiln restore`) as another [`RunningVm`].
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use harness::VmBuilder;
@@ -20,15 +26,33 @@
 //! assert_eq!(outcome.code, Some(0));
 //! # Ok::<(), harness::HarnessError>(())
 //! ```
+//!
+//! Snapshot and restore:
+//!
+//! ```no_run
+//! # use std::{path::Path, time::Duration};
+//! # use harness::VmBuilder;
+//! let mut vm = VmBuilder::new("/path/to/vmlinux").api(true).spawn()?;
+//! vm.wait_for("ready", Duration::from_secs(30))?;
+//! let snap = vm.snapshot(Path::new("/tmp/snap"))?; // pauses, writes state + mem
+//! vm.kill()?;
+//! let mut clone = snap.restore().spawn()?; // resumed at once
+//! clone.wait_for("after", Duration::from_secs(30))?;
+//! # Ok::<(), harness::HarnessError>(())
+//! ```
 
+mod api_socket;
 mod builder;
 mod running;
 mod serial_log;
+mod snapshot;
 
 use std::time::Duration;
 
+pub use api_socket::API_TIMEOUT;
 pub use builder::{unique_tap_name, VmBuilder};
 pub use running::{Outcome, RunningVm, Timings};
+pub use snapshot::{RestoreBuilder, Snapshot, MEM_FILE, STATE_FILE};
 
 /// Harness errors. Timeouts carry the serial tail so a failing test shows what the
 /// guest last said.
@@ -75,6 +99,30 @@ pub enum HarnessError {
         /// Why.
         source: std::io::Error,
     },
+    /// An API request failed or was refused (a refusal names the request, the status
+    /// and the VMM's `fault_message`).
+    #[error("{what}: {source}")]
+    Api {
+        /// The operation.
+        what: String,
+        /// Why.
+        #[source]
+        source: api::client::ClientError,
+    },
+    /// Kiln exited before its API socket answered.
+    #[error("{what}: kiln exited ({exit}) before its API socket answered; kiln said:\n{log}")]
+    ApiGone {
+        /// The operation.
+        what: String,
+        /// How it ended.
+        exit: String,
+        /// Kiln's last log lines.
+        log: String,
+    },
+    /// The VM cannot do this as configured (no API socket, in process, no base for a
+    /// diff snapshot, ...); the message says what to change.
+    #[error("{0}")]
+    Unsupported(String),
     /// Building the in-process VM failed.
     #[error("VM setup failed: {0}")]
     Vm(#[from] vmm::Error),

@@ -1,7 +1,7 @@
 //! [`RunningVm`]: a started VM a test reads, writes, waits for and stops.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +14,7 @@ use vmm::exit::{ExitKind, VmExit};
 use vmm::vm::StopHandle;
 
 use crate::serial_log::SerialLog;
+use crate::snapshot::Snapshot;
 use crate::{io_err, HResult, HarnessError};
 
 pub(crate) enum Backend {
@@ -58,6 +59,13 @@ pub struct RunningVm {
     pub(crate) serial: SerialLog,
     pub(crate) log: SerialLog,
     pub(crate) readers: Vec<JoinHandle<()>>,
+    /// The API socket (`--api-sock`), when the VM serves one.
+    pub(crate) api: Option<PathBuf>,
+    /// The `kiln` binary of a child VM (restores default to it).
+    pub(crate) kiln: Option<PathBuf>,
+    /// The snapshot the VM's dirty-page log counts from: the last one taken of it, or
+    /// the one it was restored from (the base of [`RunningVm::snapshot_diff`]).
+    pub(crate) base: Option<Snapshot>,
     pub(crate) backend: Backend,
 }
 
@@ -85,12 +93,8 @@ impl RunningVm {
         match found {
             Some(hit) => Ok(hit),
             None if closed => Err(HarnessError::ExitedEarly {
-                log: {
-                    // Kiln's last words go to stderr just before exit: let them arrive.
-                    self.log
-                        .wait_closed(Instant::now() + Duration::from_secs(2));
-                    self.log.tail(20)
-                },
+                // Kiln's last words go to stderr just before exit: let them arrive.
+                log: self.log_tail(Duration::from_secs(2)),
                 pattern: pattern.into(),
                 exit: self.exit_description(),
                 tail: self.serial.tail(20),
@@ -101,6 +105,29 @@ impl RunningVm {
                 tail: self.serial.tail(20),
             }),
         }
+    }
+
+    /// The API socket, when the VM serves one ([`crate::VmBuilder::api`]).
+    pub fn api_socket(&self) -> Option<&Path> {
+        self.api.as_deref()
+    }
+
+    /// How a child `kiln` ended, if it has; `None` while it runs (and in process).
+    pub(crate) fn child_exit(&mut self) -> Option<String> {
+        match &mut self.backend {
+            Backend::Child { child, .. } => match child.try_wait() {
+                Ok(Some(s)) => Some(s.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(format!("unknown ({e})")),
+            },
+            Backend::InProcess { .. } => None,
+        }
+    }
+
+    /// Kiln's last log lines, once it has closed its stderr (or after `wait`).
+    pub(crate) fn log_tail(&self, wait: Duration) -> String {
+        self.log.wait_closed(Instant::now() + wait);
+        self.log.tail(20)
     }
 
     fn exit_description(&mut self) -> String {

@@ -27,6 +27,8 @@ pub enum Command {
     /// Serve Firecracker's REST API on a Unix socket (Firecracker's flags; also what
     /// the binary does when run as `firecracker`).
     Api(crate::api_mode::ApiArgs),
+    /// Restore a VM from a snapshot (state file + memory file).
+    Restore(crate::api_mode::RestoreArgs),
     /// Check /dev/kvm and the host's KVM features.
     Check,
     /// Time VM start-up (phases, memory, VMs/s) against runc and fork/exec.
@@ -93,6 +95,10 @@ pub struct RunArgs {
     /// With --jail: join this cgroup (its directory, e.g. /sys/fs/cgroup/kiln/vm0).
     #[arg(long, requires = "jail")]
     pub cgroup: Option<PathBuf>,
+    /// Serve Firecracker's API for the running VM on this Unix socket (pause, resume,
+    /// snapshot, metrics, ...).
+    #[arg(long, conflicts_with = "jail")]
+    pub api_sock: Option<PathBuf>,
 }
 
 /// A config file in Kiln's layout (JSON or TOML) or in Firecracker's (JSON with

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => run(&args, start),
         Command::Api(args) => api_mode::run(&args.fc, args.timings.as_deref(), start),
+        Command::Restore(args) => api_mode::restore(&args, start),
         Command::Bench(args) => bench::run(&args),
     }
 }
@@ -88,6 +89,9 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
         Err(e) => return fail(&e),
     };
     logger::init(args.log_level, cfg.boot_timer, "kiln");
+    if let Some(sock) = &args.api_sock {
+        return api_mode::run_with_api(&cfg, sock, args.seccomp, main_entry, args.timings.as_deref());
+    }
     let opts = RunOptions {
         handle_signals: true,
         process_start_ns: process_start(main_entry),

@@ -132,6 +132,8 @@ void kiln_main(u64 info_paddr, u64 via_pvh)
         blkresize_run();
     } else if (span_eq(mode, mlen, "netrate")) {
         netrate_run();
+    } else if (span_eq(mode, mlen, "snap")) {
+        snap_run();
     } else {
         check_fail("mode", "unknown mode %.*s", (int)mlen, mode);
     }

@@ -26,4 +26,8 @@ void kbd_run(void);
 void blkresize_run(void);
 void netrate_run(void);
 
+/* kiln.mode=snap: counts forever with checksums and disk requests in flight, for the
+ * snapshot/restore tests (snap_mode.c); returns only on a bad argument. */
+void snap_run(void);
+
 #endif

@@ -1,38 +1,22 @@
 //! A small Firecracker API client over the Unix socket, and a Kiln process serving it.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api::client::Client;
+
 use super::{kiln_bin, temp_dir, TestDir};
 
-/// One request on a fresh connection: `(status, body)`.
+/// One request on a fresh connection (the shared client, `api::client`): `(status, body)`.
 pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).expect("connecting to the API socket");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    parse_response(&raw)
-}
-
-/// Splits a raw HTTP response into status and body.
-pub fn parse_response(raw: &str) -> (u16, String) {
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_string())
+    let what = format!("{method} {path} on {}", sock.display());
+    Client::connect(sock, Duration::from_secs(30))
+        .and_then(|mut c| c.call_json(method, path, body))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// A `kiln api` process with its own socket, its serial output collected.
@@ -193,6 +177,12 @@ impl ApiVm {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.wait(Duration::from_secs(10))
             .unwrap_or_else(|| panic!("kiln did not exit on SIGTERM; stderr: {}", self.stderr()))
+    }
+
+    /// Kills the process (SIGKILL) and waits for it; the directory stays.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The process id.

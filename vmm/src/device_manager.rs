@@ -33,6 +33,15 @@ pub struct SerialIo {
     pub escape: bool,
 }
 
+/// The legacy devices' state in a snapshot.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LegacyState {
+    /// COM1.
+    pub serial: devices::snapshot::SerialState,
+    /// The keyboard controller.
+    pub i8042: devices::snapshot::I8042State,
+}
+
 /// Devices attached to one VM.
 pub struct DeviceManager {
     /// Port I/O bus.
@@ -53,6 +62,8 @@ pub struct DeviceManager {
     pub nets: Vec<Arc<Mutex<MmioTransport<Net<Tap>>>>>,
     /// The keyboard controller (the host presses Ctrl+Alt+Del through it).
     pub i8042: Option<Arc<Mutex<I8042>>>,
+    /// COM1 (its state goes into snapshots).
+    pub serial: Option<Arc<Mutex<SerialDevice>>>,
     next_slot: u64,
     next_irq: u32,
 }
@@ -70,6 +81,7 @@ impl DeviceManager {
             blocks: Vec::new(),
             nets: Vec::new(),
             i8042: None,
+            serial: None,
             next_slot: 0,
             next_irq: layout::VIRTIO_IRQ_BASE,
         })
@@ -83,22 +95,26 @@ impl DeviceManager {
         Ok(line)
     }
 
-    /// COM1, the i8042 and the boot timer.
+    /// COM1, the i8042 and the boot timer; with `restore`, COM1 and the i8042 take the
+    /// saved guest-visible state.
     pub fn attach_legacy(
         &mut self,
         vm: &VmFd,
         em: &mut Manager,
         serial: SerialIo,
         times: Arc<BootTimestamps>,
+        restore: Option<&LegacyState>,
     ) -> Result<()> {
         let drained = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating serial eventfd"))?;
         let irq = Self::irq_line(vm, layout::COM1_IRQ)?;
-        let uart = SerialDevice::new(
-            irq,
-            serial.out,
-            drained.try_clone().map_err(io("cloning eventfd"))?,
-        );
+        let drained2 = drained.try_clone().map_err(io("cloning eventfd"))?;
+        let uart = match restore {
+            None => SerialDevice::new(irq, serial.out, drained2),
+            Some(r) => SerialDevice::restore(irq, serial.out, drained2, &r.serial)
+                .map_err(Error::DeviceState)?,
+        };
         let uart = Arc::new(Mutex::new(uart));
+        self.serial = Some(uart.clone());
         self.insert_pio(uart.clone(), layout::COM1_PORT, 8)?;
         if let Some(input) = serial.input {
             let quit = match serial.escape {
@@ -110,9 +126,11 @@ impl DeviceManager {
         }
         let reset = self.reset_evt.try_clone().map_err(io("cloning eventfd"))?;
         let kbd_irq = Self::irq_line(vm, layout::I8042_KBD_IRQ)?;
-        let i8042 = Arc::new(Mutex::new(
-            I8042::new(reset).with_keyboard_irq(Box::new(kbd_irq)),
-        ));
+        let mut kbd = I8042::new(reset).with_keyboard_irq(Box::new(kbd_irq));
+        if let Some(r) = restore {
+            kbd.restore_state(&r.i8042).map_err(Error::DeviceState)?;
+        }
+        let i8042 = Arc::new(Mutex::new(kbd));
         self.insert_pio(i8042.clone(), layout::I8042_DATA_PORT, 5)?;
         self.i8042 = Some(i8042);
         self.mmio

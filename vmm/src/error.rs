@@ -120,6 +120,31 @@ pub enum Error {
         /// The index of the first MSR KVM rejected.
         rejected: u32,
     },
+    /// The snapshot's device states do not match its configuration.
+    #[error("the snapshot holds {disks} disk and {nets} network device states, which its configuration does not match: the snapshot is corrupt")]
+    SnapshotDevices {
+        /// Disk states.
+        disks: usize,
+        /// Net states.
+        nets: usize,
+    },
+    /// The snapshot's vCPU states do not match its vCPU count.
+    #[error("the snapshot holds {states} vCPU states for {cpus} vCPUs: the snapshot is corrupt")]
+    SnapshotVcpus {
+        /// vCPU states.
+        states: usize,
+        /// vCPUs configured.
+        cpus: usize,
+    },
+    /// A device's saved state could not be restored.
+    #[error("restoring a device: {0}")]
+    DeviceState(#[source] devices::snapshot::StateError),
+    /// KVM state could not be saved or restored.
+    #[error(transparent)]
+    KvmState(#[from] crate::snapshot::kvm_state::StateError),
+    /// Guest memory could not be written or mapped.
+    #[error(transparent)]
+    Memory(#[from] crate::snapshot::memory::MemoryError),
 }
 
 /// Result with the VMM's error.

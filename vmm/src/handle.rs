@@ -14,7 +14,7 @@ use devices::virtio::net::{tap::Tap, Net};
 use devices::virtio::MmioTransport;
 use serde::Serialize;
 
-use crate::device_manager::DeviceManager;
+use crate::snapshot::{SnapshotError, SnapshotKind, SnapshotSource};
 use crate::vcpu_control::{PauseError, VcpuControl, VcpuMetricsSnapshot};
 use crate::StopHandle;
 
@@ -47,6 +47,7 @@ pub struct VmHandle {
     i8042: Option<Arc<Mutex<I8042>>>,
     block_metrics: Vec<Arc<BlockMetrics>>,
     net_metrics: Vec<Arc<NetMetrics>>,
+    snapshot: Option<Arc<SnapshotSource>>,
 }
 
 /// Every counter of a VM, grouped as Firecracker's metrics are.
@@ -61,8 +62,24 @@ pub struct VmMetrics {
 }
 
 impl VmHandle {
-    pub(crate) fn new(stop: StopHandle, control: Arc<VcpuControl>, dm: &DeviceManager) -> Self {
+    pub(crate) fn new(vm: &crate::Vm) -> Self {
+        let dm = &vm.devices;
+        let snapshot = match (&dm.serial, &dm.i8042) {
+            (Some(serial), Some(i8042)) => Some(Arc::new(SnapshotSource {
+                kvm: vm.kvm.clone(),
+                fd: vm.fd.clone(),
+                mem: vm.mem.clone(),
+                config: vm.config.clone(),
+                cmdline: vm.cmdline.clone(),
+                serial: serial.clone(),
+                i8042: i8042.clone(),
+                track_dirty_pages: vm.track_dirty_pages,
+            })),
+            _ => None,
+        };
+        let (stop, control) = (vm.stop_handle(), vm.control.clone());
         Self {
+            snapshot,
             stop,
             control,
             blocks: dm.blocks.clone(),
@@ -154,6 +171,29 @@ impl VmHandle {
         let t = util::sync::lock(t);
         let result = t.device().set_rate_limiters(rx, tx);
         result.map_err(DeviceUpdateError::RateLimiter)
+    }
+
+    /// Writes a snapshot of the paused VM: guest memory to `mem_path` (all of it, or
+    /// for [`SnapshotKind::Diff`] the pages dirtied since the last snapshot, into the
+    /// existing file), then the state to `state_path`.
+    pub fn snapshot(
+        &self,
+        kind: SnapshotKind,
+        state_path: &Path,
+        mem_path: &Path,
+        api: Option<serde_json::Value>,
+    ) -> Result<(), SnapshotError> {
+        let source = self
+            .snapshot
+            .as_ref()
+            .ok_or(SnapshotError::Vcpus(PauseError::NotRunning))?;
+        source.create(
+            &self.control,
+            kind,
+            (state_path, mem_path),
+            api,
+            (&self.blocks, &self.nets),
+        )
     }
 
     /// Every counter now (atomic reads: no device lock is taken).

@@ -16,6 +16,7 @@ pub mod log_limit;
 pub mod memstats;
 pub mod prepare;
 pub mod seccomp;
+pub mod snapshot;
 pub mod timings;
 pub mod vcpu;
 pub mod vcpu_control;

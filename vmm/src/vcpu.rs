@@ -23,6 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{kvm_err, Error, Result};
 use crate::exit::{ExitLatch, GuestFault, VmExit};
+use crate::snapshot::kvm_state;
 use crate::vcpu_control::{VcpuControl, VcpuMetrics};
 
 /// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
@@ -82,6 +83,8 @@ pub struct VcpuContext {
     pub pvm_host: bool,
     /// Pause requests and exit counters.
     pub control: Arc<VcpuControl>,
+    /// The KVM handle (a snapshot lists the MSRs to save with it).
+    pub kvm: Arc<Kvm>,
 }
 
 /// KVM's supported CPUID, queried once per VM and fixed up per vCPU by [`configure`].
@@ -151,7 +154,8 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
         if ctx.stop.load(Ordering::Acquire) {
             break;
         }
-        ctx.control.park_if_paused();
+        ctx.control
+            .park_if_paused(id as usize, &mut |_| save_state(&mut vcpu, &ctx.kvm));
         if ctx.stop.load(Ordering::Acquire) {
             break;
         }
@@ -188,6 +192,14 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
         }
     }
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+}
+
+/// This vCPU's state for a snapshot: its last exit's I/O completed first, then every
+/// MSR this host lets it read.
+fn save_state(vcpu: &mut VcpuFd, kvm: &Kvm) -> std::result::Result<kvm_state::VcpuState, kvm_state::StateError> {
+    kvm_state::complete_pending_io(vcpu)?;
+    let msrs = kvm_state::msr_indices_readable(kvm, vcpu)?;
+    kvm_state::save_vcpu(vcpu, &msrs)
 }
 
 fn handle_exit(exit: VcpuExit, ctx: &VcpuContext) -> Step {

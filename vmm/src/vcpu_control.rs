@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::snapshot::kvm_state::{StateError, VcpuState};
 use crate::vcpu;
+use std::sync::Arc;
 
 /// How long a pause waits for every vCPU to park before it gives up.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,6 +33,20 @@ pub enum PauseError {
         /// vCPUs of the VM.
         total: usize,
     },
+    /// Saving state needs a paused VM.
+    #[error("the VM is not paused: pause it first (PATCH /vm {{\"state\": \"Paused\"}})")]
+    NotPaused,
+    /// A vCPU could not save its state.
+    #[error("vCPU {vcpu}: {msg}")]
+    Save {
+        /// The vCPU index.
+        vcpu: usize,
+        /// What failed.
+        msg: String,
+    },
+    /// The vCPUs did not save their state in time.
+    #[error("the vCPUs did not save their state within {PAUSE_TIMEOUT:?}")]
+    SaveTimeout,
 }
 
 #[derive(Default)]
@@ -40,7 +56,20 @@ struct State {
     paused: bool,
     parked: usize,
     stopping: bool,
+    /// A request to the parked vCPU threads to save their state.
+    save: Option<SaveRequest>,
+    generation: u64,
 }
+
+/// What parked vCPU threads are asked to do: save their state with these MSRs.
+struct SaveRequest {
+    generation: u64,
+    msrs: Arc<Vec<u32>>,
+    results: Vec<Option<Result<VcpuState, String>>>,
+}
+
+/// Saves one vCPU's state given the MSR indices to save (run on the vCPU's thread).
+pub type SaveFn<'a> = &'a mut dyn FnMut(&[u32]) -> Result<VcpuState, StateError>;
 
 /// Shared by the VM's vCPU threads and whoever pauses them.
 #[derive(Default)]
@@ -118,9 +147,17 @@ impl VcpuControl {
         self.changed.notify_all();
     }
 
-    /// Called by a vCPU thread between `KVM_RUN`s: parks while a pause is in force.
-    /// Cheap when no pause was asked for (one atomic load).
-    pub fn park_if_paused(&self) {
+    /// Makes the vCPUs park before their first `KVM_RUN` (a VM restored paused);
+    /// call before they start.
+    pub fn start_paused(&self) {
+        util::sync::lock(&self.state).paused = true;
+        self.pause_requested.store(true, Ordering::Release);
+    }
+
+    /// Called by vCPU `id`'s thread between `KVM_RUN`s: parks while a pause is in
+    /// force, saving its state with `save` when asked. Cheap when no pause was asked
+    /// for (one atomic load).
+    pub fn park_if_paused(&self, id: usize, save: SaveFn<'_>) {
         if !self.pause_requested.load(Ordering::Acquire) {
             return;
         }
@@ -131,12 +168,75 @@ impl VcpuControl {
         s.parked += 1;
         self.changed.notify_all();
         while s.paused && !s.stopping {
+            let todo = s
+                .save
+                .as_ref()
+                .filter(|r| r.results.get(id).is_some_and(Option::is_none))
+                .map(|r| (r.generation, r.msrs.clone()));
+            if let Some((generation, msrs)) = todo {
+                drop(s);
+                let result = save(&msrs).map_err(|e| e.to_string());
+                s = util::sync::lock(&self.state);
+                if let Some(r) = s.save.as_mut().filter(|r| r.generation == generation) {
+                    r.results[id] = Some(result);
+                }
+                self.changed.notify_all();
+                continue;
+            }
             s = match self.changed.wait(s) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
         }
         s.parked -= 1;
+    }
+
+    /// Has every (parked) vCPU save its state with `msrs`; in vCPU order.
+    pub fn save_vcpus(&self, msrs: Vec<u32>) -> Result<Vec<VcpuState>, PauseError> {
+        let mut s = util::sync::lock(&self.state);
+        let total = s.threads.len();
+        if !s.paused || s.stopping || s.parked < total || total == 0 {
+            return Err(PauseError::NotPaused);
+        }
+        s.generation += 1;
+        s.save = Some(SaveRequest {
+            generation: s.generation,
+            msrs: Arc::new(msrs),
+            results: (0..total).map(|_| None).collect(),
+        });
+        self.changed.notify_all();
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        loop {
+            let done = s
+                .save
+                .as_ref()
+                .is_some_and(|r| r.results.iter().all(Option::is_some));
+            if done || s.stopping {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                s.save = None;
+                return Err(PauseError::SaveTimeout);
+            }
+            s = match self.changed.wait_timeout(s, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        let results = s.save.take().map(|r| r.results).unwrap_or_default();
+        if results.len() != total {
+            return Err(PauseError::NotPaused);
+        }
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(vcpu, r)| match r {
+                Some(Ok(state)) => Ok(state),
+                Some(Err(msg)) => Err(PauseError::Save { vcpu, msg }),
+                None => Err(PauseError::NotPaused),
+            })
+            .collect()
     }
 }
 
@@ -192,7 +292,6 @@ impl VcpuMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn pause_without_vcpus_is_refused() {
@@ -211,7 +310,7 @@ mod tests {
                 let (c, runs, stop) = (c.clone(), runs.clone(), stop.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Acquire) {
-                        c.park_if_paused();
+                        c.park_if_paused(0, &mut |_| unreachable!("no save asked"));
                         runs.fetch_add(1, Ordering::Relaxed);
                         std::thread::sleep(Duration::from_micros(100));
                     }
@@ -246,7 +345,7 @@ mod tests {
         util::sync::lock(&c.state).paused = true;
         c.pause_requested.store(true, Ordering::Release);
         let c2 = c.clone();
-        let t = std::thread::spawn(move || c2.park_if_paused());
+        let t = std::thread::spawn(move || c2.park_if_paused(0, &mut |_| unreachable!()));
         std::thread::sleep(Duration::from_millis(10));
         c.stopping();
         t.join().unwrap();

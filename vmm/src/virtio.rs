@@ -14,17 +14,30 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use crate::config::{parse_mac, NetConfig, VmConfig};
 use crate::confine::Confinement;
 use crate::device_manager::DeviceManager;
-use crate::error::{io, kvm_err, Result};
+use crate::error::{io, kvm_err, Error, Result};
+use crate::snapshot::DevicesState;
+use devices::snapshot::MmioState;
 use crate::seccomp::ThreadKind;
 
-/// Attaches every disk and net from `cfg`, disks first, in the order given.
+/// Attaches every disk and net from `cfg`, disks first, in the order given; with
+/// `restore`, each transport and device takes its saved state (the guest sees no
+/// re-negotiation).
 pub fn attach_all(
     cfg: &VmConfig,
     vm: &VmFd,
     mem: &Arc<GuestMemoryMmap>,
     devices: &mut DeviceManager,
     confine: &Arc<Confinement>,
+    restore: Option<&DevicesState>,
 ) -> Result<()> {
+    if let Some(r) = restore {
+        if r.blocks.len() != cfg.disks.len() || r.nets.len() != cfg.nets.len() {
+            return Err(Error::SnapshotDevices {
+                disks: r.blocks.len(),
+                nets: r.nets.len(),
+            });
+        }
+    }
     for (i, disk) in cfg.disks.iter().enumerate() {
         let dev = Block::new(BlockConfig {
             path: disk.path.clone(),
@@ -33,7 +46,8 @@ pub fn attach_all(
             rate_limiter: disk.rate_limiter,
             cache: disk.cache.into(),
         })?;
-        let t = attach(dev, &format!("kiln-blk{i}"), vm, mem, devices, confine)?;
+        let state = restore.and_then(|r| r.blocks.get(i));
+        let t = attach(dev, &format!("kiln-blk{i}"), vm, mem, devices, confine, state)?;
         devices.blocks.push(t);
     }
     for (i, net) in cfg.nets.iter().enumerate() {
@@ -46,7 +60,8 @@ pub fn attach_all(
             )
             .map_err(io("setting up a rate limiter"))?;
         }
-        let t = attach(dev, &format!("kiln-net{i}"), vm, mem, devices, confine)?;
+        let state = restore.and_then(|r| r.nets.get(i));
+        let t = attach(dev, &format!("kiln-net{i}"), vm, mem, devices, confine, state)?;
         devices.nets.push(t);
     }
     Ok(())
@@ -81,10 +96,16 @@ fn attach<D: VirtioDevice + Send + 'static>(
     mem: &Arc<GuestMemoryMmap>,
     devices: &mut DeviceManager,
     confine: &Arc<Confinement>,
+    restore: Option<&MmioState>,
 ) -> Result<Arc<Mutex<MmioTransport<D>>>> {
     let (base, gsi) = devices.next_virtio_slot()?;
     let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
-    let transport = MmioTransport::new(dev, mem.clone(), irq)?;
+    let transport = match restore {
+        None => MmioTransport::new(dev, mem.clone(), irq)?,
+        Some(state) => {
+            MmioTransport::restore(dev, mem.clone(), irq, state).map_err(Error::DeviceState)?
+        }
+    };
     for (addr, datamatch, evt) in transport.ioevents(base) {
         vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
             .map_err(kvm_err("KVM_IOEVENTFD"))?;

@@ -27,6 +27,7 @@ use crate::handle::VmHandle;
 use crate::host;
 use crate::memstats::{self, MemStats};
 use crate::prepare::Prepared;
+use crate::snapshot::{self, RestoreOptions, VmSnapshot};
 use crate::seccomp::{SeccompLevel, ThreadKind};
 use crate::vcpu::{self, VcpuContext};
 use crate::vcpu_control::VcpuControl;
@@ -50,25 +51,30 @@ pub struct RunOptions {
 
 /// A built VM, ready to run.
 pub struct Vm {
-    kvm: Kvm,
-    _fd: VmFd,
-    mem: Arc<GuestMemoryMmap>,
-    devices: DeviceManager,
+    pub(crate) kvm: Arc<Kvm>,
+    pub(crate) fd: Arc<VmFd>,
+    pub(crate) mem: Arc<GuestMemoryMmap>,
+    pub(crate) devices: DeviceManager,
     vcpus: Vec<VcpuFd>,
     vcpu_threads: Vec<VcpuThread>,
     setup_error: SetupError,
     em: Manager,
     latch: Arc<ExitLatch>,
     times: Arc<BootTimestamps>,
-    boot: BootInfo,
-    cmdline: String,
+    boot: Option<BootInfo>,
+    pub(crate) cmdline: String,
     signals: Option<OwnedFd>,
     pvm_host: bool,
     mem_stats: Arc<std::sync::Mutex<Option<MemStats>>>,
     smaps: Option<memstats::Smaps>,
     confine: Arc<Confinement>,
-    control: Arc<VcpuControl>,
+    pub(crate) control: Arc<VcpuControl>,
+    pub(crate) config: Arc<VmConfig>,
+    pub(crate) track_dirty_pages: bool,
 }
+
+/// A snapshot being restored, and how.
+pub(crate) type Restore<'a> = Option<(&'a VmSnapshot, &'a RestoreOptions)>;
 
 /// Stops a running VM from another thread.
 #[derive(Clone)]
@@ -90,7 +96,26 @@ impl StopHandle {
 impl Vm {
     /// Builds a VM: KVM VM, memory, devices, kernel loaded, vCPUs configured.
     pub fn new(cfg: &VmConfig, serial: SerialIo, opts: RunOptions) -> Result<Self> {
-        Self::build_with(cfg, serial, opts, None)
+        Self::build_with(cfg, serial, opts, None, None)
+    }
+
+    /// Builds a VM from a snapshot: memory mapped from the memory file, devices and
+    /// vCPUs in their saved state; it runs from where it was paused (or stays paused
+    /// unless `restore.resume`). `prepared` as for [`Vm::from_prepared`].
+    pub fn restore(
+        snapshot: &VmSnapshot,
+        restore: &RestoreOptions,
+        serial: SerialIo,
+        opts: RunOptions,
+        prepared: Option<Prepared>,
+    ) -> Result<Self> {
+        Self::build_with(
+            &snapshot.config,
+            serial,
+            opts,
+            prepared,
+            Some((snapshot, restore)),
+        )
     }
 
     /// [`Vm::new`] from parts made ahead of time ([`Prepared`]).
@@ -100,7 +125,7 @@ impl Vm {
         serial: SerialIo,
         opts: RunOptions,
     ) -> Result<Self> {
-        Self::build_with(cfg, serial, opts, Some(prepared))
+        Self::build_with(cfg, serial, opts, Some(prepared), None)
     }
 
     fn build_with(
@@ -108,6 +133,7 @@ impl Vm {
         serial: SerialIo,
         opts: RunOptions,
         prepared: Option<Prepared>,
+        restore: Restore<'_>,
     ) -> Result<Self> {
         cfg.validate()?;
         let start = match opts.process_start_ns {
@@ -124,7 +150,7 @@ impl Vm {
             Some(p) => Ok(p),
             None => Prepared::new(&opts),
         };
-        let built = prepared.and_then(|p| Self::build(cfg, serial, times, signals, p));
+        let built = prepared.and_then(|p| Self::build(cfg, serial, times, signals, p, restore));
         if built.is_err() && opts.handle_signals {
             event_loop::unblock_stop_signals();
         }
@@ -137,6 +163,7 @@ impl Vm {
         times: Arc<BootTimestamps>,
         signals: Option<OwnedFd>,
         prepared: Prepared,
+        restore: Restore<'_>,
     ) -> Result<Self> {
         let Prepared {
             kvm,
@@ -144,6 +171,10 @@ impl Vm {
             cpuid,
             confine,
         } = prepared;
+        let track_dirty_pages = match restore {
+            Some((_, r)) => r.track_dirty_pages,
+            None => cfg.track_dirty_pages,
+        };
         let max = host::max_vcpus(&kvm);
         if cfg.cpus > max {
             return Err(Error::TooManyCpus {
@@ -168,46 +199,47 @@ impl Vm {
             .map_err(io("spawning a vCPU thread"))?;
         // Memory slots first: on some hosts (PVM) adding a slot after the irqchip exists
         // waits for an SRCU grace period (milliseconds); before, it takes microseconds.
-        let mem = Arc::new(create_memory(&fd, mem_size)?);
+        let mem = Arc::new(match restore {
+            None => create_memory(&fd, mem_size, track_dirty_pages)?,
+            Some((s, r)) => snapshot::restore::map_memory(&fd, s, r)?,
+        });
         setup_vm(&fd)?;
         let latch = Arc::new(ExitLatch::new().map_err(io("creating exit eventfd"))?);
         let mut em = Manager::new()?;
         let mut devices = DeviceManager::new()?;
-        devices.attach_legacy(&fd, &mut em, serial, times.clone())?;
-        crate::virtio::attach_all(cfg, &fd, &mem, &mut devices, &confine)?;
+        let legacy = restore.map(|(s, _)| &s.devices.legacy);
+        devices.attach_legacy(&fd, &mut em, serial, times.clone(), legacy)?;
+        let virtio = restore.map(|(s, _)| &s.devices);
+        crate::virtio::attach_all(cfg, &fd, &mem, &mut devices, &confine, virtio)?;
 
-        let mut cmdline = cfg.cmdline.trim().to_string();
-        for extra in &devices.cmdline_extra {
-            cmdline.push(' ');
-            cmdline.push_str(extra);
-        }
         let cpus = cfg.cpus as u8;
-        let boot = boot::load(
-            &mem,
-            &boot::BootConfig {
-                kernel: cfg
-                    .kernel
-                    .as_deref()
-                    .ok_or(crate::config::ConfigError::NoKernel)?,
-                initrd: cfg.initrd.as_deref(),
-                cmdline: &cmdline,
-                mem_size,
-                cpus,
-                protocol: cfg.boot_protocol,
-            },
-        )?;
+        let (cmdline, boot) = match restore {
+            Some((s, _)) => (s.cmdline.clone(), None),
+            None => {
+                let cmdline = cmdline_with_devices(cfg, &devices);
+                let boot = load_kernel(cfg, &mem, &cmdline)?;
+                (cmdline, Some(boot))
+            }
+        };
         let mut vcpus = Vec::with_capacity(cpus as usize);
         for id in 0..cpus {
             let v = fd
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let entry = (id == 0).then_some(&boot.entry);
+            let entry = boot.as_ref().filter(|_| id == 0).map(|b| &b.entry);
             vcpu::configure(&cpuid, &v, id, cpus, entry)?;
             vcpus.push(v);
         }
+        let control = Arc::new(VcpuControl::default());
+        if let Some((s, r)) = restore {
+            snapshot::restore::kvm_state(&fd, &vcpus, s)?;
+            if !r.resume {
+                control.start_paused();
+            }
+        }
         Ok(Self {
-            kvm,
-            _fd: fd,
+            kvm: Arc::new(kvm),
+            fd: Arc::new(fd),
             mem,
             devices,
             vcpus,
@@ -224,7 +256,9 @@ impl Vm {
             // Opened now: the main thread's seccomp filter allows no open() later.
             smaps: memstats::Smaps::open().ok(),
             confine,
-            control: Arc::default(),
+            control,
+            config: Arc::new(cfg.clone()),
+            track_dirty_pages,
         })
     }
 
@@ -233,9 +267,9 @@ impl Vm {
         &self.cmdline
     }
 
-    /// Where the kernel, initrd and entry point ended up.
-    pub fn boot_info(&self) -> &BootInfo {
-        &self.boot
+    /// Where the kernel, initrd and entry point ended up (`None` for a restored VM).
+    pub fn boot_info(&self) -> Option<&BootInfo> {
+        self.boot.as_ref()
     }
 
     /// Start-up timestamps (shared; filled in while the VM runs).
@@ -261,7 +295,7 @@ impl Vm {
     /// A handle that pauses, resumes, changes devices of and stops the VM from another
     /// thread while it runs.
     pub fn handle(&self) -> VmHandle {
-        VmHandle::new(self.stop_handle(), self.control.clone(), &self.devices)
+        VmHandle::new(self)
     }
 
     /// Runs the VM to its end: starts the vCPU threads, runs the event loop, then stops
@@ -301,6 +335,7 @@ impl Vm {
                 times: self.times.clone(),
                 pvm_host: self.pvm_host,
                 control: self.control.clone(),
+                kvm: self.kvm.clone(),
             };
             threads.push(thread.start(fd, ctx));
         }
@@ -380,8 +415,35 @@ fn setup_vm(fd: &VmFd) -> Result<()> {
     Ok(())
 }
 
+/// The user's command line plus Kiln's virtio-mmio device entries.
+fn cmdline_with_devices(cfg: &VmConfig, devices: &DeviceManager) -> String {
+    let mut cmdline = cfg.cmdline.trim().to_string();
+    for extra in &devices.cmdline_extra {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
+}
+
+fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap, cmdline: &str) -> Result<BootInfo> {
+    Ok(boot::load(
+        mem,
+        &boot::BootConfig {
+            kernel: cfg
+                .kernel
+                .as_deref()
+                .ok_or(crate::config::ConfigError::NoKernel)?,
+            initrd: cfg.initrd.as_deref(),
+            cmdline,
+            mem_size: cfg.memory.0,
+            cpus: cfg.cpus as u8,
+            protocol: cfg.boot_protocol,
+        },
+    )?)
+}
+
 /// Creates guest memory laid out by [`layout::ram_regions`] and registers it with KVM.
-fn create_memory(fd: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> {
+fn create_memory(fd: &VmFd, mem_size: u64, track_dirty_pages: bool) -> Result<GuestMemoryMmap> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))
@@ -390,17 +452,31 @@ fn create_memory(fd: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> {
         mib: mem_size >> 20,
         msg: e.to_string(),
     })?;
+    register_memory(fd, &mem, track_dirty_pages)?;
+    Ok(mem)
+}
+
+/// Registers every region of `mem` as KVM memory slot `i`, logging dirty pages if asked.
+pub(crate) fn register_memory(
+    fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    track_dirty_pages: bool,
+) -> Result<()> {
+    let flags = match track_dirty_pages {
+        true => kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES,
+        false => 0,
+    };
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
-            flags: 0,
+            flags,
         };
         // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM fd
         // use (the Vm keeps both; guest memory is dropped after the vCPUs are joined).
         unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok(mem)
+    Ok(())
 }

@@ -4,6 +4,7 @@ fn controller(start_error: &'static str) -> Controller {
     let hooks = Hooks {
         start: Box::new(move |_| Err(start_error.to_string())),
         logger: Box::new(|_| Ok(())),
+        restore: Box::new(move |_, _| Err(start_error.to_string())),
     };
     Controller::new("test-id".into(), false, hooks)
 }

@@ -5,6 +5,7 @@
 mod devices;
 mod machine;
 mod resources;
+mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,10 @@ pub use machine::{
     BootSource, HugePages, LogLevel, Logger, MachineConfig, MachineConfigPatch, Metrics,
 };
 pub use resources::{VmResources, DEFAULT_BOOT_ARGS};
+pub use snapshot::{
+    MemBackend, MemBackendType, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType,
+};
 
 /// The Firecracker API version whose paths and bodies Kiln answers.
 pub const FIRECRACKER_API_VERSION: &str = "1.10.0";

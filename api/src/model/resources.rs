@@ -190,6 +190,56 @@ impl VmResources {
         v
     }
 
+    /// Kiln's own configuration described in Firecracker's layout (drives `disk0`, …,
+    /// interfaces `net0`, …), for the API of a VM started by `kiln run --api-sock`.
+    pub fn from_vm_config(cfg: &VmConfig) -> Self {
+        let path = |p: &std::path::Path| p.display().to_string();
+        Self {
+            boot_source: cfg.kernel.as_deref().map(|k| BootSource {
+                kernel_image_path: path(k),
+                initrd_path: cfg.initrd.as_deref().map(path),
+                boot_args: Some(cfg.cmdline.clone()),
+            }),
+            drives: cfg
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Drive {
+                    drive_id: format!("disk{i}"),
+                    path_on_host: path(&d.path),
+                    is_root_device: false,
+                    is_read_only: d.readonly,
+                    partuuid: None,
+                    cache_type: match d.cache {
+                        DiskCache::Unsafe => DriveCache::Unsafe,
+                        DiskCache::Writeback => DriveCache::Writeback,
+                    },
+                    rate_limiter: d.rate_limiter,
+                    io_engine: IoEngine::Sync,
+                })
+                .collect(),
+            machine_config: MachineConfig {
+                vcpu_count: u8::try_from(cfg.cpus).unwrap_or(u8::MAX),
+                mem_size_mib: cfg.memory.0 >> 20,
+                track_dirty_pages: cfg.track_dirty_pages,
+                ..MachineConfig::default()
+            },
+            network_interfaces: cfg
+                .nets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NetworkInterface {
+                    iface_id: format!("net{i}"),
+                    host_dev_name: n.tap.clone(),
+                    guest_mac: n.mac.clone(),
+                    rx_rate_limiter: n.rx_rate_limiter,
+                    tx_rate_limiter: n.tx_rate_limiter,
+                })
+                .collect(),
+            ..Self::default()
+        }
+    }
+
     /// Kiln's configuration for these resources; serial on stdio as Firecracker's.
     pub fn to_vm_config(&self, boot_timer: bool) -> Result<VmConfig, String> {
         let boot = self
@@ -220,6 +270,7 @@ impl VmResources {
             boot_timer,
             disks: drives.iter().map(|d| disk_config(d)).collect(),
             nets: self.network_interfaces.iter().map(net_config).collect(),
+            track_dirty_pages: self.machine_config.track_dirty_pages,
             ..VmConfig::default()
         };
         cfg.validate().map_err(|e| e.to_string())?;

@@ -23,6 +23,10 @@ fn every_listed_route_is_served() {
         ("logger", r#"{"level":"Info"}"#),
         ("metrics", r#"{"metrics_path":"/m"}"#),
     ];
+    let snapshot = |p: &str| match p {
+        "/snapshot/create" => r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#,
+        _ => r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"}}"#,
+    };
     for (method, template) in ROUTES {
         let path = template
             .replace("{drive_id}", "x")
@@ -33,6 +37,7 @@ fn every_listed_route_is_served() {
             ("PATCH", "drives") => r#"{"drive_id":"x"}"#,
             ("PATCH", "network-interfaces") => r#"{"iface_id":"x"}"#,
             ("PATCH", "machine-config") => r#"{"vcpu_count":2}"#,
+            ("PUT", "snapshot") => snapshot(&path),
             _ => bodies.iter().find(|(p, _)| *p == first).unwrap().1,
         };
         route(method, &path, body.as_bytes())
@@ -70,7 +75,6 @@ fn unknown_paths_and_methods_get_firecrackers_message() {
 #[test]
 fn unsupported_resources_say_so() {
     for p in [
-        "/snapshot/create",
         "/entropy",
         "/vsock",
         "/balloon",

@@ -164,6 +164,10 @@ impl BusDevice for I8042 {
     }
 }
 
+#[path = "i8042_state.rs"]
+mod state;
+pub use state::I8042State;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -313,6 +313,10 @@ impl MutEventSubscriber for SerialInput {
     }
 }
 
+#[path = "serial_state.rs"]
+mod state;
+pub use state::SerialState;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -515,6 +515,10 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     }
 }
 
+#[path = "mmio_state.rs"]
+mod state;
+pub use state::{MmioState, QueueRegsState, VirtqueueState};
+
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;

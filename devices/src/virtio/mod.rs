@@ -49,6 +49,15 @@
 //! (§2.1.2): a configuration-change interrupt is raised and the device processes
 //! nothing more until the driver resets it.
 //!
+//! # Snapshots
+//!
+//! [`MmioTransport::save_state`] captures a paused device ([`MmioState`]: registers,
+//! queues at their live ring positions, interrupt status and the device's own state
+//! through [`VirtioDevice::device_state`]) and keeps the device locked until guest
+//! memory is saved; [`MmioTransport::restore`] rebuilds it around a device freshly built
+//! from the same configuration and, if it was active, activates it again without the
+//! driver's help. See [`crate::snapshot`].
+//!
 //! At VMM exit dropping the [`DeviceThread`] stops and joins it; dropping the transport
 //! closes the disk file (its `flock` is released) and the TAP fd (a TAP created by Kiln
 //! disappears with it, a pre-existing persistent one stays).
@@ -71,8 +80,9 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use crate::irq::IrqTrigger;
+use crate::snapshot::{DeviceState, StateError};
 
-pub use mmio::MmioTransport;
+pub use mmio::{MmioState, MmioTransport};
 pub use subscriber::VirtioSubscriber;
 pub use worker::{DeviceThread, ThreadSetup};
 
@@ -320,6 +330,43 @@ pub trait VirtioDevice: Send {
     /// pass (every queue is then signalled again).
     fn process_backend(&mut self, _index: usize, _events: EventSet) -> bool {
         false
+    }
+    /// The device's own state for a snapshot (see [`crate::snapshot`]); the default: the
+    /// device cannot be snapshotted. Called with the device locked, between passes.
+    fn device_state(&self) -> Result<DeviceState, StateError> {
+        Err(StateError::Unsupported(self.device_type()))
+    }
+    /// The ring positions of the active device's queues, by queue index, for a
+    /// snapshot: where the next pass resumes. `None` when the device is not active (or
+    /// cannot tell, which makes a snapshot of an active device fail).
+    fn queue_positions(&self) -> Option<Vec<QueuePosition>> {
+        None
+    }
+    /// Applies a saved [`VirtioDevice::device_state`] to a device freshly built from the
+    /// same configuration, before it is activated (by
+    /// [`MmioTransport::restore`]) with queues at the saved positions.
+    fn restore_device_state(&mut self, _state: &DeviceState) -> Result<(), StateError> {
+        Err(StateError::Unsupported(self.device_type()))
+    }
+}
+
+/// Where an active queue's next pass resumes (virtio-queue's `next_avail`/`next_used`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePosition {
+    /// The next available-ring entry the device will pop.
+    pub next_avail: u16,
+    /// The next used-ring entry the device will fill.
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    /// The position of `q`.
+    pub fn of(q: &Queue) -> Self {
+        use virtio_queue::QueueT;
+        Self {
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+        }
     }
 }
 

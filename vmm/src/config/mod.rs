@@ -206,6 +206,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net interfaces.
     pub nets: Vec<NetConfig>,
+    /// Log the pages the guest dirties, for diff snapshots.
+    pub track_dirty_pages: bool,
 }
 
 impl Default for VmConfig {
@@ -221,6 +223,7 @@ impl Default for VmConfig {
             boot_timer: false,
             disks: Vec::new(),
             nets: Vec::new(),
+            track_dirty_pages: false,
         }
     }
 }

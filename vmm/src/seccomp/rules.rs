@@ -5,9 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_translation};
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_irqchip,
+    kvm_lapic_state, kvm_mp_state, kvm_msr_list, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_translation, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
 use seccompiler::{SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition, SeccompRule};
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 use super::{SeccompError, ThreadKind};
 
@@ -16,6 +20,24 @@ ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
+// What a snapshot reads: on the vCPU threads (each saves its own vCPU) …
+ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+// … and on the API thread (the VM's in-kernel devices, the dirty log, host features).
+ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
 
 /// Rules by syscall number; an empty rule list allows every use.
 pub type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -94,9 +116,33 @@ fn api(r: &mut Rules) -> Result<(), SeccompError> {
         libc::SYS_timerfd_gettime,
         libc::SYS_clock_nanosleep,
         libc::SYS_nanosleep,
+        // Snapshots: the memory file (which pages are present: /proc/self/pagemap) and
+        // the state file (written to a temporary file, synced, renamed).
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_ftruncate,
+        libc::SYS_fsync,
+        libc::SYS_fdatasync,
+        libc::SYS_rename,
+        libc::SYS_renameat,
+        libc::SYS_renameat2,
+        libc::SYS_getrandom,
     ] {
         r.insert(nr, Vec::new());
     }
+    r.insert(
+        libc::SYS_ioctl,
+        one_of(
+            1,
+            &[
+                KVM_CHECK_EXTENSION(),
+                KVM_GET_IRQCHIP(),
+                KVM_GET_PIT2(),
+                KVM_GET_CLOCK(),
+                KVM_GET_DIRTY_LOG(),
+            ],
+        )?,
+    );
     r.insert(
         libc::SYS_tgkill,
         one_of(2, &[libc::SIGABRT as u64, libc::SIGRTMIN() as u64])?,
@@ -154,6 +200,18 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
                         KVM_TRANSLATE(),
                         // virtio-net activation (a status write) sets the TAP's offloads.
                         libc::TUNSETOFFLOAD,
+                        // Saving the vCPU's state for a snapshot.
+                        KVM_GET_MSR_INDEX_LIST(),
+                        KVM_GET_MSRS(),
+                        KVM_GET_FPU(),
+                        KVM_GET_LAPIC(),
+                        KVM_GET_CPUID2(),
+                        KVM_GET_MP_STATE(),
+                        KVM_GET_VCPU_EVENTS(),
+                        KVM_GET_DEBUGREGS(),
+                        KVM_GET_TSC_KHZ(),
+                        KVM_GET_XSAVE(),
+                        KVM_GET_XCRS(),
                     ],
                 )?,
             );

@@ -10,10 +10,14 @@
 //! Each request is charged to the disk's [`RateLimiter`] (one operation plus its data
 //! bytes) before it runs; a refused request goes back on the queue and the pass stops
 //! until the limiter's timerfd (the device's backend fd 0) fires.
+//!
+//! Snapshots: [`BlockState`] (capacity, serial); the disk is reopened and must have the
+//! saved capacity.
 
 mod disk_file;
 mod guest_io;
 mod request;
+mod state;
 mod update;
 
 use std::fs::File;
@@ -33,10 +37,13 @@ use super::{
     features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX},
     has,
     queue::{self, PassBudget, PassEnd},
-    Error, Interrupt, Mem, VirtioDevice, TYPE_BLOCK,
+    Error, Interrupt, Mem, QueuePosition, VirtioDevice, TYPE_BLOCK,
 };
 use crate::metrics::{inc, BlockMetrics};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+use crate::snapshot::{DeviceState, StateError};
+
+pub use state::BlockState;
 
 /// `VIRTIO_BLK_F_SEG_MAX`: `seg_max` is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << vb::VIRTIO_BLK_F_SEG_MAX;
@@ -413,6 +420,18 @@ impl VirtioDevice for Block {
         self.limiter.on_timer();
         inc(&self.metrics.rate_limiter_event_count);
         self.process()
+    }
+
+    fn device_state(&self) -> Result<DeviceState, StateError> {
+        Ok(DeviceState::Block(self.save()))
+    }
+
+    fn queue_positions(&self) -> Option<Vec<QueuePosition>> {
+        self.positions()
+    }
+
+    fn restore_device_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        self.restore(state)
     }
 }
 

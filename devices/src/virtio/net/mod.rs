@@ -14,8 +14,12 @@
 //! the ring; a refused RX frame stays read but undelivered, and EPOLLIN is dropped. Both
 //! resume when the limiter's timerfd fires. Backend fds: 0 the TAP, 1 the RX limiter's
 //! timer, 2 the TX limiter's timer.
+//!
+//! Snapshots: [`NetState`] (the MAC); TX ring positions are exact, an undelivered RX
+//! frame is dropped.
 
 mod rx;
+mod state;
 pub mod tap;
 mod tx;
 
@@ -30,10 +34,13 @@ use vm_memory::ByteValued;
 
 use super::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use super::queue::{self, PassEnd};
-use super::{has, Error, Interrupt, Mem, VirtioDevice, TYPE_NET};
+use super::{has, Error, Interrupt, Mem, QueuePosition, VirtioDevice, TYPE_NET};
 use crate::metrics::{inc, NetMetrics};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+use crate::snapshot::{DeviceState, StateError};
 use tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+
+pub use state::NetState;
 
 /// Device handles partial checksums from the driver.
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << vn::VIRTIO_NET_F_CSUM;
@@ -364,6 +371,18 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             self.process_rx();
         }
         events.contains(EventSet::OUT) && self.process_tx()
+    }
+
+    fn device_state(&self) -> Result<DeviceState, StateError> {
+        Ok(DeviceState::Net(self.save()))
+    }
+
+    fn queue_positions(&self) -> Option<Vec<QueuePosition>> {
+        self.positions()
+    }
+
+    fn restore_device_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        self.restore(state)
     }
 }
 

@@ -1,0 +1,186 @@
+//! The main thread in API mode: it owns the VM. It prepares the KVM VM ahead of time,
+//! waits for the API's `InstanceStart` or `PUT /snapshot/load` (or a stop signal),
+//! builds the VM and runs it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use api::model::VmResources;
+use api::Controller;
+use vmm::config::VmConfig;
+use vmm::confine::{self, Confinement};
+use vmm::event_loop;
+use vmm::snapshot::{RestoreOptions, VmSnapshot};
+use vmm::{Prepared, RunOptions, Vm};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Build, BuildRequest};
+use crate::{fail, RunEnd};
+
+pub(super) struct MainThread {
+    pub(super) controller: Arc<Mutex<Controller>>,
+    pub(super) opts: RunOptions,
+    pub(super) timings: Option<std::path::PathBuf>,
+    pub(super) confine: Arc<Confinement>,
+}
+
+impl MainThread {
+    pub(super) fn build_from_file(&mut self, resources: VmResources) -> Result<(Vm, RunEnd), String> {
+        let cfg = util::sync::lock(&self.controller).configure_from(resources)?;
+        let prepared = self.prepare();
+        let (vm, end) = self.build(&cfg, prepared)?;
+        util::sync::lock(&self.controller).adopt(vm.handle());
+        Ok((vm, end))
+    }
+
+    /// The KVM VM and what else does not depend on the configuration, made while the
+    /// API waits for `InstanceStart` (so the start pays only for the rest).
+    pub(super) fn prepare(&self) -> Option<Prepared> {
+        let setup = confine::set_no_new_privs().map_err(vmm::Error::from);
+        match setup.and_then(|()| Prepared::with_confinement(self.confine.clone())) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::debug!("cannot prepare the VM ahead of InstanceStart: {e}");
+                None
+            }
+        }
+    }
+
+    pub(super) fn build(
+        &mut self,
+        cfg: &VmConfig,
+        prepared: Option<Prepared>,
+    ) -> Result<(Vm, RunEnd), String> {
+        let mut end = RunEnd::prepare(self.timings.as_deref()).map_err(|e| e.to_string())?;
+        let serial = match end.serial_io(cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                end.discard();
+                return Err(e.to_string());
+            }
+        };
+        let vm = match prepared {
+            Some(p) => Vm::from_prepared(p, cfg, serial, self.opts),
+            None => Vm::new(cfg, serial, self.opts),
+        };
+        match vm {
+            Ok(vm) => Ok((vm, end)),
+            Err(e) => {
+                // Vm::new unblocked the stop signals on failure: the API keeps serving.
+                let _ = event_loop::block_stop_signals();
+                end.discard();
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Builds the VM of a snapshot.
+    pub(super) fn restore(
+        &mut self,
+        snapshot: &VmSnapshot,
+        opts: &RestoreOptions,
+        prepared: Option<Prepared>,
+    ) -> Result<(Vm, RunEnd), String> {
+        let cfg = &snapshot.config;
+        let mut end = RunEnd::prepare(self.timings.as_deref()).map_err(|e| e.to_string())?;
+        let serial = match end.serial_io(cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                end.discard();
+                return Err(e.to_string());
+            }
+        };
+        match Vm::restore(snapshot, opts, serial, self.opts, prepared) {
+            Ok(vm) => Ok((vm, end)),
+            Err(e) => {
+                let _ = event_loop::block_stop_signals();
+                end.discard();
+                Err(e.to_string())
+            }
+        }
+    }
+
+    pub(super) fn run_vm(&mut self, (vm, end): (Vm, RunEnd)) -> ExitCode {
+        end.run(vm)
+    }
+
+    /// Waits for `InstanceStart` or `PUT /snapshot/load`, or a stop signal.
+    pub(super) fn serve(
+        &mut self,
+        starts: &Receiver<BuildRequest>,
+        wake: &EventFd,
+        signals: &OwnedFd,
+    ) -> ExitCode {
+        let mut prepared = self.prepare();
+        loop {
+            match wait_readable(wake, signals) {
+                Woken::Signal(sig) => {
+                    log::info!("received signal {sig} before the VM started, exiting");
+                    return ExitCode::from((128 + sig) as u8);
+                }
+                Woken::Error(e) => return fail(&format!("waiting for the API: {e}")),
+                Woken::Start => {}
+            }
+            while let Ok(BuildRequest(what, reply)) = starts.try_recv() {
+                let p = prepared.take().or_else(|| self.prepare());
+                let built = match what {
+                    Build::Start(cfg) => self.build(&cfg, p),
+                    Build::Restore(s, o) => self.restore(&s, &o, p),
+                };
+                match built {
+                    Ok((vm, end)) => {
+                        let _ = reply.send(Ok(vm.handle()));
+                        return self.run_vm((vm, end));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Woken {
+    Start,
+    Signal(i32),
+    Error(std::io::Error),
+}
+
+fn wait_readable(wake: &EventFd, signals: &OwnedFd) -> Woken {
+    let mut fds = [
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: signals.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Woken::Error(e);
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            if let Some(sig) = event_loop::read_signal(signals) {
+                return Woken::Signal(sig);
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let _ = wake.read();
+            return Woken::Start;
+        }
+    }
+}
+
