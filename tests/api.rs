@@ -165,7 +165,7 @@ fn post_boot_requests_are_refused_before_start() {
 fn unsupported_and_unknown_paths_get_a_fault() {
     let vm = ApiVm::spawn("api-unsupported", &[]);
     for path in [
-                        "/entropy",
+        "/entropy",
         "/vsock",
         "/balloon",
         "/mmds",

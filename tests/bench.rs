@@ -1,6 +1,7 @@
 //! `kiln bench` as an installed binary runs it: from a directory outside the repository,
 //! with the minimal guest built into the binary, leaving no files behind; and
-//! `kiln bench --api`, with kiln itself (as `firecracker`) standing in for Firecracker.
+//! `kiln bench --api` and `--restore`, with kiln itself (as `firecracker`) standing in
+//! for Firecracker.
 
 use std::process::Command;
 
@@ -135,6 +136,75 @@ fn bench_api_times_the_socket_and_instance_start() {
         let wall = median(&doc, runner, "wall_us");
         assert!(first > 0.0 && first < wall, "{runner}: {first} {wall}");
     }
+    let left: Vec<_> = std::fs::read_dir(tmp.as_path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
+}
+
+#[test]
+fn bench_restore_times_restores_and_measures_clones() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kiln-bench-restore-")).unwrap();
+    let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kiln-bench-tmp-")).unwrap();
+    let fc = dir.as_path().join("firecracker");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kiln"), &fc).unwrap();
+    let json = dir.as_path().join("b.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["bench", "--restore", "--runs", "2", "--warmup", "0"])
+        .args(["--restore-mem", "32M", "--clones", "2", "--api-other"])
+        .arg(&fc)
+        .arg("--json")
+        .arg(&json)
+        .current_dir(dir.as_path())
+        .env("TMPDIR", tmp.as_path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    for heading in [
+        "kiln restore --resume [32M] (one at a time): 2/2 ok",
+        "kiln api /snapshot/load [32M] (one at a time): 2/2 ok",
+        "kiln restore clones [32M] (2 at a time): 2/2 ok",
+        "other /snapshot/load: firecracker [32M] (one at a time): 2/2 ok",
+        "32M (kiln): boot → pages written",
+        "32M (other: firecracker): boot → pages written",
+        "32M: 2 of 2 clones measured",
+    ] {
+        assert!(stdout.contains(heading), "{heading}: {stdout}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["settings"]["restore_mem"], serde_json::json!(["32M"]));
+    let cli = "kiln restore --resume [32M]";
+    let first = median(&doc, cli, "first_kvm_run_us");
+    let output = median(&doc, cli, "first_output_us");
+    assert!(first > 0.0 && first < output, "{first} {output}");
+    for runner in [
+        "kiln api /snapshot/load [32M]",
+        "other /snapshot/load: firecracker [32M]",
+    ] {
+        let sent = median(&doc, runner, "load_request_us");
+        let reply = median(&doc, runner, "load_reply_us");
+        let output = median(&doc, runner, "first_output_us");
+        assert!(
+            sent > 0.0 && sent + reply < output,
+            "{runner}: {sent} {reply} {output}"
+        );
+    }
+    let size = &doc["restore"]["sizes"][0];
+    let snap = &size["snapshots"][0];
+    assert_eq!(snap["mem_file_bytes"], 32 << 20);
+    // Sparse: the guest wrote 8 MiB of its 32.
+    let alloc = snap["mem_file_allocated_bytes"].as_u64().unwrap();
+    assert!((8 << 20..16 << 20).contains(&alloc), "{alloc}");
+    assert!(snap["create_us"].as_f64().unwrap() > 0.0);
+    // Two clones share the 8 MiB they only read: close to half of their Σ RSS.
+    let shared = size["clones"]["guest_shared_fraction"].as_f64().unwrap();
+    assert!((0.4..=0.5).contains(&shared), "{shared}");
     let left: Vec<_> = std::fs::read_dir(tmp.as_path()).unwrap().collect();
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
 }

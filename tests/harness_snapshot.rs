@@ -182,10 +182,7 @@ fn join_mends_a_line_split_by_the_snapshot() {
     assert_eq!(join(&s(&[&l1, &l2]), &s(&[&l3])), s(&[&l1, &l2, &l3]));
     // Split between "\r" and "\n": the restore starts with an empty line.
     let cr = format!("{l2}\r");
-    assert_eq!(
-        join(&s(&[&l1, &cr]), &s(&["", &l3])),
-        s(&[&l1, &l2, &l3])
-    );
+    assert_eq!(join(&s(&[&l1, &cr]), &s(&["", &l3])), s(&[&l1, &l2, &l3]));
 }
 
 #[test]

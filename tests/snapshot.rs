@@ -53,7 +53,10 @@ fn wait_blk_oks(vm: &ApiVm, n: usize) -> bool {
     let deadline = std::time::Instant::now() + T;
     while std::time::Instant::now() < deadline {
         let s = vm.serial();
-        let oks = s.lines().filter(|l| l.starts_with("KILN-GUEST snap blk ") && l.ends_with(" ok")).count();
+        let oks = s
+            .lines()
+            .filter(|l| l.starts_with("KILN-GUEST snap blk ") && l.ends_with(" ok"))
+            .count();
         if oks >= n {
             return true;
         }
@@ -78,7 +81,11 @@ fn snapshotted(name: &str, extra_machine: &str) -> (ApiVm, PathBuf, PathBuf, Pat
     vm.ok("PUT", "/drives/data", &d.to_string());
     vm.start();
     assert!(wait_blk_oks(&vm, 2), "{}", vm.serial());
-    let m = vm.fault("PUT", "/snapshot/create", r#"{"snapshot_path":"/x","mem_file_path":"/y"}"#);
+    let m = vm.fault(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_path":"/x","mem_file_path":"/y"}"#,
+    );
     assert!(m.contains("not paused"), "{m}");
     vm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
     let (state, mem) = (vm.dir.join("state"), vm.dir.join("mem"));
@@ -94,7 +101,10 @@ fn restore_output(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn p(path: &Path) -> &str {
@@ -110,10 +120,19 @@ fn a_snapshot_loaded_in_a_fresh_process_continues_exactly() {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(&mem).unwrap();
     assert_eq!(m.len(), 32 << 20);
-    assert!(m.blocks() * 512 < 8 << 20, "{} bytes allocated", m.blocks() * 512);
+    assert!(
+        m.blocks() * 512 < 8 << 20,
+        "{} bytes allocated",
+        m.blocks() * 512
+    );
     // Kill the original: the snapshot must stand on its own.
     vm.kill();
-    let fresh = ApiVm::spawn_in(common::temp_dir("snap-api-load"), kiln_bin().as_ref(), &["api"], &[]);
+    let fresh = ApiVm::spawn_in(
+        common::temp_dir("snap-api-load"),
+        kiln_bin().as_ref(),
+        &["api"],
+        &[],
+    );
     let load = serde_json::json!({
         "snapshot_path": state,
         "mem_backend": {"backend_type": "File", "backend_path": mem},
@@ -138,13 +157,26 @@ fn kiln_restore_waits_paused_until_resumed() {
     let before = vm.serial();
     vm.kill();
     let args = ["--snapshot", p(&state), "--mem", p(&mem)];
-    let restored = ApiVm::spawn_in(temp_dir("snap-cli-restore"), kiln_bin().as_ref(), &["restore"], &args);
+    let restored = ApiVm::spawn_in(
+        temp_dir("snap-cli-restore"),
+        kiln_bin().as_ref(),
+        &["restore"],
+        &args,
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(restored.get("/")["state"], "Paused");
-    assert!(!restored.serial().contains("KILN-GUEST snap"), "{}", restored.serial());
+    assert!(
+        !restored.serial().contains("KILN-GUEST snap"),
+        "{}",
+        restored.serial()
+    );
     restored.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
     let last = check_stream(&before);
-    assert!(restored.wait_serial(&format!("KILN-GUEST snap {} sum=", last + 4), T), "{}", restored.serial());
+    assert!(
+        restored.wait_serial(&format!("KILN-GUEST snap {} sum=", last + 4), T),
+        "{}",
+        restored.serial()
+    );
     check_stream(&format!("{before}{}", restored.serial()));
 }
 
@@ -160,7 +192,15 @@ fn two_clones_from_one_snapshot_run_side_by_side_on_their_own_disks() {
             let copy = dir.join("disk.img");
             std::fs::copy(&disk, &copy).unwrap();
             let d = format!("0={}", copy.display());
-            let args = ["--snapshot", p(&state), "--mem", p(&mem), "--resume", "--disk", &d];
+            let args = [
+                "--snapshot",
+                p(&state),
+                "--mem",
+                p(&mem),
+                "--resume",
+                "--disk",
+                &d,
+            ];
             ApiVm::spawn_in(dir, kiln_bin().as_ref(), &["restore"], &args)
         })
         .collect();
@@ -180,13 +220,18 @@ fn a_diff_snapshot_over_a_copy_of_the_full_one_restores_the_later_state() {
     let (mut vm, state, mem, _disk) = snapshotted("snap-diff", r#","track_dirty_pages":true"#);
     let first = check_stream(&vm.serial());
     vm.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
-    assert!(vm.wait_serial(&format!("KILN-GUEST snap {} sum=", first + 5), T), "{}", vm.serial());
+    assert!(
+        vm.wait_serial(&format!("KILN-GUEST snap {} sum=", first + 5), T),
+        "{}",
+        vm.serial()
+    );
     vm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
     let before = vm.serial();
     let mem2 = vm.dir.join("mem2");
     std::fs::copy(&mem, &mem2).unwrap();
     let state2 = vm.dir.join("state2");
-    let body = serde_json::json!({"snapshot_type":"Diff","snapshot_path":state2,"mem_file_path":mem2});
+    let body =
+        serde_json::json!({"snapshot_type":"Diff","snapshot_path":state2,"mem_file_path":mem2});
     vm.ok("PUT", "/snapshot/create", &body.to_string());
     assert!(std::fs::read(&state).unwrap() != std::fs::read(&state2).unwrap());
     let dir = temp_dir("snap-diff-restore");
@@ -194,7 +239,11 @@ fn a_diff_snapshot_over_a_copy_of_the_full_one_restores_the_later_state() {
     vm.kill();
     let restored = ApiVm::spawn_in(dir, kiln_bin().as_ref(), &["restore"], &args);
     let last = check_stream(&before);
-    assert!(restored.wait_serial(&format!("KILN-GUEST snap {} sum=", last + 4), T), "{}", restored.serial());
+    assert!(
+        restored.wait_serial(&format!("KILN-GUEST snap {} sum=", last + 4), T),
+        "{}",
+        restored.serial()
+    );
     check_stream(&format!("{before}{}", restored.serial()));
 }
 

@@ -61,7 +61,8 @@ pub type StartHook = Box<dyn FnMut(VmConfig) -> Result<VmHandle, String> + Send>
 /// Points the log at a file and sets its level and format.
 pub type LoggerHook = Box<dyn FnMut(&Logger) -> Result<(), String> + Send>;
 /// Builds a VM from a snapshot (on the thread that owns VMs): its handle or why not.
-pub type RestoreHook = Box<dyn FnMut(VmSnapshot, RestoreOptions) -> Result<VmHandle, String> + Send>;
+pub type RestoreHook =
+    Box<dyn FnMut(VmSnapshot, RestoreOptions) -> Result<VmHandle, String> + Send>;
 
 /// What the controller needs from the process it runs in.
 pub struct Hooks {
@@ -307,6 +308,11 @@ impl Controller {
                 Reply::NoContent
             }
             ApiRequest::Action(a) => self.action(a.action_type)?,
+            ApiRequest::PutEntropy(e) => {
+                self.pre_boot()?;
+                self.resources.entropy = Some(e);
+                Reply::NoContent
+            }
             ApiRequest::CreateSnapshot(p) => self.create_snapshot(&p)?,
             ApiRequest::LoadSnapshot(p) => self.load_snapshot(&p)?,
             ApiRequest::PatchVm(v) => {
@@ -478,6 +484,7 @@ fn req_group(req: &ApiRequest) -> Option<(&'static str, &'static str)> {
         ApiRequest::PatchVm(_) => ("patch", "vm"),
         ApiRequest::PutLogger(_) => ("put", "logger"),
         ApiRequest::PutMetrics(_) => ("put", "metrics"),
+        ApiRequest::PutEntropy(_) => ("put", "entropy"),
         ApiRequest::CreateSnapshot(_) => ("put", "create_snapshot"),
         ApiRequest::LoadSnapshot(_) => ("put", "load_snapshot"),
     })

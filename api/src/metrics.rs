@@ -112,6 +112,9 @@ fn totals(api: &ApiCounters, vm: Option<(&VmMetrics, &[String], &[String])>) -> 
         for (id, n) in ifaces.iter().zip(&vm.net) {
             m.insert(format!("net_{id}"), to_value(n));
         }
+        if let Some(e) = &vm.entropy {
+            m.insert("entropy".into(), to_value(e));
+        }
     }
     Value::Object(m)
 }

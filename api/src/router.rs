@@ -5,9 +5,9 @@
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    BootSource, Drive, InstanceActionInfo, Logger, MachineConfig, MachineConfigPatch, Metrics,
-    NetworkInterface, PartialDrive, PartialNetworkInterface, SnapshotCreateParams,
-    SnapshotLoadParams, VmStateChange,
+    BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger, MachineConfig,
+    MachineConfigPatch, Metrics, NetworkInterface, PartialDrive, PartialNetworkInterface,
+    SnapshotCreateParams, SnapshotLoadParams, VmStateChange,
 };
 
 /// A request the controller acts on.
@@ -43,6 +43,8 @@ pub enum ApiRequest {
     PutLogger(Logger),
     /// `PUT /metrics`.
     PutMetrics(Metrics),
+    /// `PUT /entropy`.
+    PutEntropy(EntropyDevice),
     /// `PUT /snapshot/create`.
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
@@ -67,13 +69,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/vm/config"),
     ("PUT", "/logger"),
     ("PUT", "/metrics"),
+    ("PUT", "/entropy"),
     ("PUT", "/snapshot/create"),
     ("PUT", "/snapshot/load"),
 ];
 
 /// Firecracker resources Kiln answers with "not supported" (first path segment).
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("entropy", "the entropy device (/entropy)"),
     ("vsock", "vsock (/vsock)"),
     ("balloon", "the balloon device (/balloon)"),
     ("mmds", "MMDS (/mmds)"),
@@ -127,6 +129,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, String
         ("GET", "vm", Some("config")) => Ok(ApiRequest::GetVmConfig),
         ("PUT", "logger", None) => body_of(body).map(ApiRequest::PutLogger),
         ("PUT", "metrics", None) => body_of(body).map(ApiRequest::PutMetrics),
+        ("PUT", "entropy", None) => body_of(body).map(ApiRequest::PutEntropy),
         ("PUT", "snapshot", Some("create")) => body_of(body).map(ApiRequest::CreateSnapshot),
         ("PUT", "snapshot", Some("load")) => body_of(body).map(ApiRequest::LoadSnapshot),
         (_, "drives" | "network-interfaces", None) => Err(format!(

@@ -103,7 +103,8 @@ pub struct BenchArgs {
     /// Time snapshot restore instead of start-up: per --restore-mem size, boot a guest
     /// that keeps running, pause it and time `PUT /snapshot/create`, then time `kiln
     /// restore --resume` (exec → first KVM_RUN), `kiln api` + `PUT /snapshot/load`, and
-    /// --clones restores at once (memory they share). See BENCHMARKS.md.
+    /// --clones restores at once (memory they share); --runs and --warmup apply,
+    /// --concurrency does not.
     #[arg(long, conflicts_with_all = ["io", "api"])]
     pub restore: bool,
     /// --restore: guest memory sizes, comma-separated (K/M/G suffixes; whole MiB).

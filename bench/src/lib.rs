@@ -6,7 +6,8 @@
 //! exec→exit from the parent's clock. Next to it: `runc run` of a busybox OCI bundle, a
 //! plain fork/exec and any `--other` command. Prints a table; writes JSON and SVG.
 //! With `--io blk|net` it measures virtio I/O throughput instead (see [`io`]); with
-//! `--api`, start-up through Firecracker's process interface (see [`api`]).
+//! `--api`, start-up through Firecracker's process interface (see [`api`]); with
+//! `--restore`, snapshot restore (see [`restore`]).
 //! This module is the `kiln bench` command itself, so it writes its table to stdout
 //! and its progress to stderr.
 
@@ -17,6 +18,7 @@ pub mod min_guest;
 pub mod plot;
 pub mod proc;
 pub mod report;
+pub mod restore;
 pub mod runners;
 pub mod stats;
 
@@ -28,9 +30,9 @@ use std::time::Duration;
 use serde::Serialize;
 use vmm_sys_util::tempdir::TempDir;
 
-pub use args::BenchArgs;
 #[cfg(test)]
 pub(crate) use args::test_args;
+pub use args::BenchArgs;
 use report::{BatchReport, TargetCheck};
 use runners::{run_batch, Runner, Timed, Workload};
 
@@ -38,7 +40,6 @@ use runners::{run_batch, Runner, Timed, Workload};
 pub const DEFAULT_KERNEL: &str = "resources/out/guest/kiln-test-guest.elf";
 /// Where `resources/bench/setup-container.sh` puts the OCI bundle.
 pub const DEFAULT_BUNDLE: &str = "resources/out/bench/bundle";
-
 
 /// Why `kiln bench` could not run.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,9 @@ pub enum BenchError {
     /// `--io` could not run.
     #[error(transparent)]
     Io(#[from] io::IoError),
+    /// `--restore` could not run.
+    #[error(transparent)]
+    Restore(#[from] restore::RestoreError),
     /// `--runs 0`.
     #[error("--runs must be at least 1")]
     NoRuns,
@@ -136,6 +140,14 @@ struct Settings {
     api: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     api_other: Option<PathBuf>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    restore: bool,
+    /// `--restore-mem` (with `--restore`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore_mem: Option<Vec<String>>,
+    /// `--clones` (with `--restore`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clones: Option<usize>,
 }
 
 /// Host facts recorded in the JSON.
@@ -174,6 +186,22 @@ struct BenchReport {
     batches: Vec<BatchReport>,
     targets: Vec<TargetCheck>,
     notes: Vec<String>,
+    /// `--restore`: snapshots, restore times per run, clones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore: Option<restore::RestoreReport>,
+}
+
+/// What a bench measured, for the table, the plot and the JSON.
+#[derive(Default)]
+struct Results {
+    runners: Vec<Runner>,
+    api_runners: Vec<api::ApiRunner>,
+    batches: Vec<BatchReport>,
+    targets: Vec<TargetCheck>,
+    notes: Vec<String>,
+    /// Printed before the table.
+    preamble: String,
+    restore: Option<restore::RestoreReport>,
 }
 
 fn progress(msg: &str) {
@@ -341,9 +369,23 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
         return Err(BenchError::NoRuns);
     }
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
+    let scratch = scratch_dir("kiln-bench-")?;
+    if args.restore {
+        let out = restore::run(args, &exe, scratch.as_path())?;
+        drop(scratch);
+        let results = Results {
+            batches: out.batches,
+            targets: out.targets,
+            notes: out.notes,
+            preamble: out.preamble,
+            restore: Some(out.report),
+            ..Results::default()
+        };
+        output(args, results)?;
+        return Ok(out.ok);
+    }
     let mut notes = Vec::new();
     let mut runners = Vec::new();
-    let scratch = scratch_dir("kiln-bench-")?;
     if !args.no_vm {
         runners.push(vm_runner(args, &exe, scratch.as_path())?);
     }
@@ -366,26 +408,37 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
         targets.extend(api::check_targets(&batches));
         notes.extend(api::notes(&batches, &api_runners));
     }
+    let api_ok = !args.api || api::succeeded(&batches);
+    let vm_ok = (args.no_vm || vm_seq.is_some_and(|b| b.ok > 0)) && api_ok;
+    let results = Results {
+        runners,
+        api_runners,
+        batches,
+        targets,
+        notes,
+        ..Results::default()
+    };
+    output(args, results)?;
+    Ok(vm_ok)
+}
+
+/// Prints the table and writes `--plot` and `--json`.
+fn output(args: &BenchArgs, mut r: Results) -> Result<(), BenchError> {
     if vmm::host::is_pvm_host() {
-        notes.push(
+        r.notes.push(
             "PVM host: a non-PVM guest runs in the host's instruction emulator, so the \
              guest-side phases (first KVM_RUN → exit) are emulator-bound"
                 .into(),
         );
     }
-    let _ = write!(
-        std::io::stdout(),
-        "{}",
-        report::table(&batches, &targets, &notes)
-    );
-
-    let api_ok = !args.api || api::succeeded(&batches);
-    let vm_ok = (args.no_vm || vm_seq.is_some_and(|b| b.ok > 0)) && api_ok;
+    let table = report::table(&r.batches, &r.targets, &r.notes);
+    let _ = write!(std::io::stdout(), "{}{table}", r.preamble);
     if let Some(path) = &args.plot {
         let title = format!("kiln bench: {} runs per runner", args.startup_runs());
-        write_file(path, &plot::svg(&title, &batches))?;
+        write_file(path, &plot::svg(&title, &r.batches))?;
     }
     if let Some(path) = &args.json {
+        let restore = args.restore;
         let doc = BenchReport {
             tool: "kiln bench",
             version: env!("CARGO_PKG_VERSION"),
@@ -401,16 +454,20 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
                 memory: args.memory.clone(),
                 api: args.api,
                 api_other: args.api_other.clone(),
+                restore,
+                restore_mem: restore.then(|| args.restore_mem.clone()),
+                clones: restore.then_some(args.clones),
             },
-            runners,
-            api_runners,
-            batches,
-            targets,
-            notes,
+            runners: r.runners,
+            api_runners: r.api_runners,
+            batches: r.batches,
+            targets: r.targets,
+            notes: r.notes,
+            restore: r.restore,
         };
         write_file(path, &serde_json::to_string_pretty(&doc)?)?;
     }
-    Ok(vm_ok)
+    Ok(())
 }
 
 /// Runs `kiln bench`: exit 0 when the VM runner produced results (or was skipped).

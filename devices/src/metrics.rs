@@ -135,6 +135,29 @@ counters! {
     }
 }
 
+counters! {
+    /// A virtio-rng device's counters.
+    pub struct RngMetrics =>
+    /// [`RngMetrics`] at one moment, serialized with Firecracker's `entropy` field names.
+    RngMetricsSnapshot {
+        /// Activations that failed (a wrong number of queues).
+        activate_fails,
+        /// Requests answered with 0 bytes because the driver got them wrong (malformed
+        /// chain, no device-writable buffer).
+        entropy_event_fails,
+        /// Queue notifications handled.
+        entropy_event_count,
+        /// Random bytes given to the guest.
+        entropy_bytes,
+        /// Requests answered with 0 bytes because the host's `getrandom` failed.
+        host_rng_fails,
+        /// Requests the rate limiter held back.
+        entropy_rate_limiter_throttled,
+        /// Rate-limiter timer events handled.
+        rate_limiter_event_count,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +181,24 @@ mod tests {
         let b = serde_json::to_value(BlockMetrics::default().snapshot()).unwrap();
         assert_eq!(b["rate_limiter_throttled_events"], 0);
         assert_eq!(b.as_object().unwrap().len(), 15);
+    }
+
+    #[test]
+    fn rng_snapshot_has_firecrackers_entropy_names() {
+        let m = RngMetrics::default();
+        add(&m.entropy_bytes, 64);
+        let v = serde_json::to_value(m.snapshot()).unwrap();
+        assert_eq!(v["entropy_bytes"], 64);
+        for name in [
+            "activate_fails",
+            "entropy_event_fails",
+            "entropy_event_count",
+            "host_rng_fails",
+            "entropy_rate_limiter_throttled",
+            "rate_limiter_event_count",
+        ] {
+            assert_eq!(v[name], 0, "{name}");
+        }
+        assert_eq!(v.as_object().unwrap().len(), 7);
     }
 }

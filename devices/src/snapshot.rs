@@ -12,6 +12,7 @@
 //! | virtio-mmio + device | [`MmioState`] | [`MmioTransport::save_state`] | [`MmioTransport::restore`] |
 //! | virtio-blk | [`BlockState`] (in [`MmioState::device`]) | through the transport | through the transport |
 //! | virtio-net | [`NetState`] (in [`MmioState::device`]) | through the transport | through the transport |
+//! | virtio-rng | none ([`DeviceState::Rng`] in [`MmioState::device`]) | through the transport | through the transport |
 //!
 //! # Consistency with guest memory
 //!
@@ -54,6 +55,8 @@ pub enum DeviceState {
     Block(BlockState),
     /// A virtio-net device.
     Net(NetState),
+    /// A virtio-rng device (no state beyond the transport's).
+    Rng,
 }
 
 impl DeviceState {
@@ -62,6 +65,7 @@ impl DeviceState {
         match self {
             DeviceState::Block(_) => "virtio-blk",
             DeviceState::Net(_) => "virtio-net",
+            DeviceState::Rng => "virtio-rng",
         }
     }
 }
@@ -231,6 +235,7 @@ mod tests {
             DeviceState::Net(NetState {
                 mac: [2, 0x4b, 1, 2, 3, 4],
             }),
+            DeviceState::Rng,
         ];
         for s in states {
             let json = serde_json::to_string(&s).unwrap();

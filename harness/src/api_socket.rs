@@ -49,7 +49,9 @@ pub(crate) fn expect(
     want: u16,
 ) -> Result<String, ClientError> {
     let reply = c.call(method, path, body)?;
-    reply.expect(want, format!("{method} {path}")).map(|r| r.text())
+    reply
+        .expect(want, format!("{method} {path}"))
+        .map(|r| r.text())
 }
 
 fn api_err(what: &str) -> impl FnOnce(ClientError) -> HarnessError {
@@ -77,7 +79,7 @@ fn copy_mem(src: &Path, dst: &Path) -> HResult<()> {
         .map_err(io_err(what.clone()))?;
     vmm::snapshot::memory::copy_sparse(&from, &to)
         .map(drop)
-        .map_err(|e| io_err(what)(std::io::Error::other(e)))
+        .map_err(|source| HarnessError::SnapshotMemory { what, source })
 }
 
 impl RunningVm {

@@ -119,6 +119,15 @@ pub enum HarnessError {
         /// Kiln's last log lines.
         log: String,
     },
+    /// Copying the base snapshot's memory file for a diff snapshot failed.
+    #[error("{what}: {source}")]
+    SnapshotMemory {
+        /// The copy.
+        what: String,
+        /// Why.
+        #[source]
+        source: vmm::snapshot::memory::MemoryError,
+    },
     /// The VM cannot do this as configured (no API socket, in process, no base for a
     /// diff snapshot, ...); the message says what to change.
     #[error("{0}")]

@@ -181,7 +181,14 @@ mod tests {
         assert!(r.resume && !r.api && !r.track_dirty_pages);
         assert_eq!(
             strings(&r.command_args()),
-            ["restore", "--snapshot", "/s/state", "--mem", "/s/mem", "--resume"]
+            [
+                "restore",
+                "--snapshot",
+                "/s/state",
+                "--mem",
+                "/s/mem",
+                "--resume"
+            ]
         );
     }
 
@@ -190,7 +197,14 @@ mod tests {
         let r = snap().restore().resume(false).track_dirty_pages(true);
         assert_eq!(
             strings(&r.command_args()),
-            ["restore", "--snapshot", "/s/state", "--mem", "/s/mem", "--track-dirty-pages"]
+            [
+                "restore",
+                "--snapshot",
+                "/s/state",
+                "--mem",
+                "/s/mem",
+                "--track-dirty-pages"
+            ]
         );
     }
 
@@ -232,7 +246,9 @@ mod tests {
     fn non_utf8_paths_are_refused() {
         use std::os::unix::ffi::OsStrExt;
         let bad = Path::new(std::ffi::OsStr::from_bytes(b"/s/\xff"));
-        let e = Snapshot::new(bad, "/s/mem").create_body("Full").unwrap_err();
+        let e = Snapshot::new(bad, "/s/mem")
+            .create_body("Full")
+            .unwrap_err();
         assert!(matches!(e, HarnessError::Unsupported(_)), "{e}");
     }
 

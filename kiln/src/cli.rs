@@ -65,6 +65,9 @@ pub struct RunArgs {
     /// virtio-net on a TAP: tap=NAME[,mac=AA:BB:CC:DD:EE:FF] (repeatable).
     #[arg(long = "net")]
     pub nets: Vec<NetConfig>,
+    /// A virtio-rng device: the guest gets entropy from the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
     /// JSON or TOML file with the same fields (kernel, initrd, cmdline, cpus, memory,
     /// serial, boot_protocol, boot_timer, disks, nets).
     #[arg(long)]
@@ -155,6 +158,9 @@ impl RunArgs {
         c.boot_timer |= self.boot_timer;
         c.disks.extend(self.disks.iter().cloned());
         c.nets.extend(self.nets.iter().cloned());
+        if self.rng && c.rng.is_none() {
+            c.rng = Some(vmm::config::RngConfig::default());
+        }
         c.validate()?;
         Ok(c)
     }

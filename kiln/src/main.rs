@@ -90,7 +90,13 @@ fn run(args: &RunArgs, main_entry: u64) -> ExitCode {
     };
     logger::init(args.log_level, cfg.boot_timer, "kiln");
     if let Some(sock) = &args.api_sock {
-        return api_mode::run_with_api(&cfg, sock, args.seccomp, main_entry, args.timings.as_deref());
+        return api_mode::run_with_api(
+            &cfg,
+            sock,
+            args.seccomp,
+            main_entry,
+            args.timings.as_deref(),
+        );
     }
     let opts = RunOptions {
         handle_signals: true,

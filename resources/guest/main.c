@@ -134,6 +134,10 @@ void kiln_main(u64 info_paddr, u64 via_pvh)
         netrate_run();
     } else if (span_eq(mode, mlen, "snap")) {
         snap_run();
+    } else if (span_eq(mode, mlen, "vsock")) {
+        vsock_run(&bi);
+    } else if (span_eq(mode, mlen, "rng")) {
+        rng_run();
     } else {
         check_fail("mode", "unknown mode %.*s", (int)mlen, mode);
     }

@@ -30,4 +30,9 @@ void netrate_run(void);
  * snapshot/restore tests (snap_mode.c); returns only on a bad argument. */
 void snap_run(void);
 
+/* kiln.mode=vsock: echo server and/or client on the virtio-vsock device (vsock.c). */
+void vsock_run(const struct boot_info *bi);
+/* kiln.mode=rng: four 64-byte requests to the virtio-rng device (rng.c). */
+void rng_run(void);
+
 #endif

@@ -42,7 +42,7 @@
 
 #define DEFAULT_SPIN 500000
 #define IRQ_SPIN 20000
-#define MAX_QUEUES 4
+#define MAX_QUEUES 4 /* ring pages in total, handed out once per boot */
 
 /* Static ring memory: one page per queue (desc at 0, avail at 0x400, used at 0x800). */
 struct vq_page {
@@ -135,6 +135,21 @@ bool virtio_find(unsigned n, struct vdev *dev, const char *name)
     return false;
 }
 
+bool virtio_find_id(u32 device_id, struct vdev *dev, const char *name)
+{
+    unsigned n = virtio_count();
+    for (unsigned i = 0; i < n; i++) {
+        if (!virtio_find(i, dev, name))
+            continue;
+        if (rd(dev, VIRTIO_MMIO_MAGIC_VALUE) == VIRTIO_MMIO_MAGIC &&
+            rd(dev, VIRTIO_MMIO_DEVICE_ID) == device_id)
+            return true;
+    }
+    memset(dev, 0, sizeof(*dev));
+    dev->name = name;
+    return false;
+}
+
 void virtio_fail_device(struct vdev *dev)
 {
     wr(dev, VIRTIO_MMIO_STATUS, rd(dev, VIRTIO_MMIO_STATUS) | STATUS_FAILED);
@@ -203,7 +218,7 @@ bool virtio_setup_queue(struct vdev *d, u16 index, struct virtq *q)
 
 bool virtio_setup_queue_n(struct vdev *d, u16 index, struct virtq *q, u16 want)
 {
-    if (index >= 2 || vq_pages_used >= MAX_QUEUES) {
+    if (index >= VDEV_MAX_QUEUES || vq_pages_used >= MAX_QUEUES) {
         init_fail(d, "queue slot", 0, index);
         return false;
     }
@@ -341,7 +356,7 @@ void virtio_check_irq(struct vdev *d)
 {
     /* Was there used-ring progress since the last ack? Then bit 0 must be (or become) set. */
     bool progress = false;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < VDEV_MAX_QUEUES; i++)
         if (d->queues[i] && d->queues[i]->used->idx != d->ack_snapshot[i])
             progress = true;
     if (!progress)
@@ -359,7 +374,7 @@ void virtio_check_irq(struct vdev *d)
         d->irq_missing++;
     if (isr)
         wr(d, VIRTIO_MMIO_INTERRUPT_ACK, isr);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < VDEV_MAX_QUEUES; i++)
         if (d->queues[i])
             d->ack_snapshot[i] = d->queues[i]->used->idx;
 }

@@ -11,11 +11,15 @@
 
 #define VIRTIO_ID_NET 1
 #define VIRTIO_ID_BLOCK 2
+#define VIRTIO_ID_RNG 4
+#define VIRTIO_ID_VSOCK 19
 #define VIRTIO_F_VERSION_1 (1ULL << 32)
 
 /* Default queue size of the check modes; the bench modes ask for up to VQ_RING_MAX. */
 #define VQ_MAX_SIZE 8
 #define VQ_RING_MAX 32
+/* Queues per device the driver can set up (vsock has three: rx, tx, event). */
+#define VDEV_MAX_QUEUES 3
 
 /* §2.7.5 / §2.7.6 / §2.7.8 */
 struct virtq_desc {
@@ -67,8 +71,8 @@ struct vdev {
     u64 offered;        /* device feature bits */
     u64 features;       /* negotiated */
     const char *name;   /* check-name prefix, e.g. "blk" */
-    struct virtq *queues[2];
-    u16 ack_snapshot[2];/* used idx of each queue when the interrupt was last acked */
+    struct virtq *queues[VDEV_MAX_QUEUES];
+    u16 ack_snapshot[VDEV_MAX_QUEUES]; /* used idx of each queue at the last interrupt ack */
     unsigned irq_seen, irq_missing;
 };
 
@@ -86,6 +90,11 @@ unsigned virtio_count(void);
  * when there are fewer tokens; reports "<name>_init FAIL" for a malformed one.
  */
 bool virtio_find(unsigned n, struct vdev *dev, const char *name);
+/*
+ * Locate the first "virtio_mmio.device=" token whose registers show the virtio magic and
+ * DeviceID `device_id`. Returns false (silently) when there is none.
+ */
+bool virtio_find_id(u32 device_id, struct vdev *dev, const char *name);
 /*
  * Reset, check magic/version/device id, negotiate VERSION_1 plus (wanted & offered),
  * FEATURES_OK. Reports "<name>_init FAIL ..." and returns false on any problem.

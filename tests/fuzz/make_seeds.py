@@ -307,12 +307,118 @@ def mmio_seeds():
     out("mmio_transport", "registers-by-hand", bytes(s.b))
 
 
+RNG_QUEUE = (8, 0x0000, 0x1000, 0x2000)  # size 256: desc, avail, used
+LIMITED = 8                               # target bit 3: small rate limiter
+
+
+def rng_seeds():
+    for name, layout in (("requests-evidx", EVENT_IDX), ("requests-split", 1)):
+        s = Script(layout, 0, [RNG_QUEUE])
+        s.chain(0, 0, [(0x4000, 64, True)])
+        s.publish(0, 0)
+        s.notify(0)
+        s.chain(0, 1, [(0x3000, 16, False), (0x7f00, 512, True)])   # crosses 0x8000 when split
+        s.publish(0, 1)
+        s.chain(0, 3, [(0x5000, 32, False)])                        # nothing writable
+        s.publish(0, 3)
+        s.notify(0)
+        out("virtio_rng", name, bytes(s.b))
+    s = Script(EVENT_IDX | LIMITED, 0, [RNG_QUEUE])
+    for i in range(4):
+        s.chain(0, i, [(0x4000 + 0x400 * i, 0x400, True)])
+        s.publish(0, i)
+    s.notify(0)
+    s.op(10)                                                        # limiter timer
+    s.b += bytes([11, 0]) + struct.pack("<HB", 0, 0)                # remove the limits
+    s.op(10)
+    out("virtio_rng", "rate-limited", bytes(s.b))
+    s = Script(0, 0, [RNG_QUEUE])
+    s.chain(0, 0, [(0x4000, 0x8000, True)] * 3)                      # 96 KiB: over the cap
+    s.publish(0, 0)
+    s.chain(0, 3, [(0xfff0, 64, True)])                             # past guest memory
+    s.publish(0, 3)
+    s.notify(0)
+    s.op(9)                                                         # reset and set up again
+    s.chain(0, 0, [(0x4000, 8, True)])
+    s.publish(0, 0)
+    s.notify(0)
+    out("virtio_rng", "cap-outside-reset", bytes(s.b))
+
+
+VSOCK_QUEUES = [(4, 0x0000, 0x0400, 0x0800), (4, 0x1000, 0x1400, 0x1800),
+                (4, 0x2000, 0x2400, 0x2800)]  # RX, TX, event; size 16
+VRX, VTX, VEV = 0, 1, 2
+HOST_PORT0 = 1 << 30  # the first port the device hands to host-initiated connections
+
+
+def vsock_hdr(op, src_port, dst_port, length=0, flags=0, src_cid=3, dst_cid=2, typ=1):
+    return struct.pack("<QQIIIHHIII", src_cid, dst_cid, src_port, dst_port, length, typ,
+                       op, flags, 1 << 16, 0)
+
+
+def vsock_tx(s, first, addr, pkt, chain_len=None):
+    s.mem(addr, pkt)
+    s.chain(VTX, first, [(addr, chain_len or len(pkt), False)])
+    s.publish(VTX, first)
+    s.notify(VTX)
+
+
+def vsock_rx(s, first, count):
+    for i in range(count):
+        s.chain(VRX, first + i, [(0x4000 + 0x400 * (first + i), 0x400, True)])
+        s.publish(VRX, first + i)
+    s.notify(VRX)
+
+
+def vsock_seeds():
+    # Guest-initiated: listener on port 5, REQUEST, data both ways, SHUTDOWN, RST.
+    s = Script(EVENT_IDX, 0, VSOCK_QUEUES)
+    vsock_rx(s, 0, 8)
+    s.op(11, 2, 5)                                          # host listener <uds>_5
+    vsock_tx(s, 0, 0x3000, vsock_hdr(1, 7000, 5))            # REQUEST
+    s.op(11, 4 | 1)                                         # accept, host writes, pass
+    vsock_tx(s, 1, 0x3100, vsock_hdr(5, 7000, 5, 4) + b"ping")
+    vsock_tx(s, 2, 0x3200, vsock_hdr(7, 7000, 5))            # CREDIT_REQUEST
+    vsock_tx(s, 3, 0x3300, vsock_hdr(4, 7000, 5, flags=3))   # SHUTDOWN both
+    vsock_tx(s, 4, 0x3400, vsock_hdr(1, 7001, 6))            # no listener: RST
+    out("virtio_vsock", "guest-connect", bytes(s.b))
+    # Host-initiated: CONNECT 9, guest RESPONSE, data, host close.
+    s = Script(0, 0, VSOCK_QUEUES)
+    vsock_rx(s, 0, 8)
+    s.op(10, 0, 9)                                          # client: CONNECT 9
+    s.op(11, 1)                                             # backend pass: REQUEST
+    vsock_tx(s, 0, 0x3000, vsock_hdr(2, 9, HOST_PORT0))      # RESPONSE
+    s.op(10, 3, 0)                                          # client reads OK
+    s.b += bytes([10, 1, 0, 5]) + b"hello"                  # client writes
+    s.op(11, 1)
+    vsock_tx(s, 1, 0x3100, vsock_hdr(5, 9, HOST_PORT0, 5) + b"world")
+    s.op(10, 2, 0)                                          # client closes
+    s.op(11, 1)
+    vsock_tx(s, 2, 0x3200, vsock_hdr(3, 9, HOST_PORT0))      # RST
+    out("virtio_vsock", "host-connect", bytes(s.b))
+    # Malformed packets, then a transport reset with an event buffer.
+    s = Script(EVENT_IDX, 0, VSOCK_QUEUES)
+    vsock_rx(s, 0, 8)
+    vsock_tx(s, 0, 0x3000, vsock_hdr(1, 1, 2, src_cid=4))      # wrong source CID
+    vsock_tx(s, 1, 0x3100, vsock_hdr(5, 1, 2, length=100), 54)  # len beyond the chain
+    vsock_tx(s, 2, 0x3200, vsock_hdr(1, 1, 2, typ=2))          # not STREAM
+    vsock_tx(s, 3, 0x3300, vsock_hdr(99, 1, 2))                # unknown op
+    vsock_tx(s, 4, 0x3400, bytes(8))                           # shorter than the header
+    s.chain(VEV, 0, [(0x3800, 4, True)])
+    s.publish(VEV, 0)
+    s.notify(VEV)
+    s.op(11, 8)                                              # transport reset
+    out("virtio_vsock", "malformed-reset", bytes(s.b))
+
+
 SEEDS = {
     "config": config_seeds,
     "mmio_transport": mmio_seeds,
     "kernel_loader": loader_seeds,
     "virtio_blk": blk_seeds,
     "virtio_net": net_seeds,
+    "virtio_rng": rng_seeds,
+    "virtio_vsock": vsock_seeds,
 }
 
 if __name__ == "__main__":

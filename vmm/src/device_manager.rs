@@ -12,6 +12,7 @@ use devices::legacy::{SerialDevice, SerialInput, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::Net;
+use devices::virtio::rng::Rng;
 use devices::virtio::MmioTransport;
 use devices::BootTimer;
 use devices::{Bus, IrqLine};
@@ -60,6 +61,8 @@ pub struct DeviceManager {
     pub blocks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
     /// The virtio-net transports, in attach order.
     pub nets: Vec<Arc<Mutex<MmioTransport<Net<Tap>>>>>,
+    /// The virtio-rng transport, if there is one.
+    pub rng: Option<Arc<Mutex<MmioTransport<Rng>>>>,
     /// The keyboard controller (the host presses Ctrl+Alt+Del through it).
     pub i8042: Option<Arc<Mutex<I8042>>>,
     /// COM1 (its state goes into snapshots).
@@ -80,6 +83,7 @@ impl DeviceManager {
             device_threads: Vec::new(),
             blocks: Vec::new(),
             nets: Vec::new(),
+            rng: None,
             i8042: None,
             serial: None,
             next_slot: 0,

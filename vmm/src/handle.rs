@@ -7,10 +7,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::I8042;
-use devices::metrics::{BlockMetrics, BlockMetricsSnapshot, NetMetrics, NetMetricsSnapshot};
+use devices::metrics::{
+    BlockMetrics, BlockMetricsSnapshot, NetMetrics, NetMetricsSnapshot, RngMetrics,
+    RngMetricsSnapshot,
+};
 use devices::rate_limiter::RateLimiterConfig;
 use devices::virtio::block::Block;
 use devices::virtio::net::{tap::Tap, Net};
+use devices::virtio::rng::Rng;
 use devices::virtio::MmioTransport;
 use serde::Serialize;
 
@@ -44,9 +48,11 @@ pub struct VmHandle {
     control: Arc<VcpuControl>,
     blocks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
     nets: Vec<Arc<Mutex<MmioTransport<Net<Tap>>>>>,
+    rng: Vec<Arc<Mutex<MmioTransport<Rng>>>>,
     i8042: Option<Arc<Mutex<I8042>>>,
     block_metrics: Vec<Arc<BlockMetrics>>,
     net_metrics: Vec<Arc<NetMetrics>>,
+    rng_metrics: Option<Arc<RngMetrics>>,
     snapshot: Option<Arc<SnapshotSource>>,
 }
 
@@ -59,6 +65,8 @@ pub struct VmMetrics {
     pub block: Vec<BlockMetricsSnapshot>,
     /// One entry per network interface, in attach order.
     pub net: Vec<NetMetricsSnapshot>,
+    /// The entropy device's, if there is one.
+    pub entropy: Option<RngMetricsSnapshot>,
 }
 
 impl VmHandle {
@@ -84,6 +92,11 @@ impl VmHandle {
             control,
             blocks: dm.blocks.clone(),
             nets: dm.nets.clone(),
+            rng: dm.rng.iter().cloned().collect(),
+            rng_metrics: dm
+                .rng
+                .as_ref()
+                .map(|t| util::sync::lock(t).device().metrics()),
             i8042: dm.i8042.clone(),
             block_metrics: dm
                 .blocks
@@ -192,8 +205,21 @@ impl VmHandle {
             kind,
             (state_path, mem_path),
             api,
-            (&self.blocks, &self.nets),
+            (&self.blocks, &self.nets, &self.rng),
         )
+    }
+
+    /// Changes the entropy device's rate limiter.
+    pub fn update_rng_rate_limiter(
+        &self,
+        cfg: &RateLimiterConfig,
+    ) -> Result<(), DeviceUpdateError> {
+        let t = self.rng.first().ok_or(DeviceUpdateError::NoSuchDevice {
+            what: "entropy device",
+            index: 0,
+        })?;
+        util::sync::lock(t).device().update_rate_limiter(cfg);
+        Ok(())
     }
 
     /// Every counter now (atomic reads: no device lock is taken).
@@ -202,6 +228,7 @@ impl VmHandle {
             vcpu: self.control.metrics.snapshot(),
             block: self.block_metrics.iter().map(|m| m.snapshot()).collect(),
             net: self.net_metrics.iter().map(|m| m.snapshot()).collect(),
+            entropy: self.rng_metrics.as_ref().map(|m| m.snapshot()),
         }
     }
 }

@@ -196,7 +196,10 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: VcpuContext) {
 
 /// This vCPU's state for a snapshot: its last exit's I/O completed first, then every
 /// MSR this host lets it read.
-fn save_state(vcpu: &mut VcpuFd, kvm: &Kvm) -> std::result::Result<kvm_state::VcpuState, kvm_state::StateError> {
+fn save_state(
+    vcpu: &mut VcpuFd,
+    kvm: &Kvm,
+) -> std::result::Result<kvm_state::VcpuState, kvm_state::StateError> {
     kvm_state::complete_pending_io(vcpu)?;
     let msrs = kvm_state::msr_indices_readable(kvm, vcpu)?;
     kvm_state::save_vcpu(vcpu, &msrs)

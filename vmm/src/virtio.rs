@@ -1,4 +1,4 @@
-//! Attaches the configured virtio-blk and virtio-net devices: one virtio-mmio slot and
+//! Attaches the configured virtio-blk, virtio-net and virtio-rng devices: one virtio-mmio slot and
 //! GSI each, QueueNotify on ioeventfds, interrupts on irqfds, queues on a thread of the
 //! device's own (so disk and network I/O never hold up the event loop or a vCPU).
 
@@ -8,6 +8,7 @@ use boot::GuestMemoryMmap;
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::Net;
+use devices::virtio::rng::Rng;
 use devices::virtio::{DeviceThread, MmioTransport, ThreadSetup, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 
@@ -15,9 +16,9 @@ use crate::config::{parse_mac, NetConfig, VmConfig};
 use crate::confine::Confinement;
 use crate::device_manager::DeviceManager;
 use crate::error::{io, kvm_err, Error, Result};
+use crate::seccomp::ThreadKind;
 use crate::snapshot::DevicesState;
 use devices::snapshot::MmioState;
-use crate::seccomp::ThreadKind;
 
 /// Attaches every disk and net from `cfg`, disks first, in the order given; with
 /// `restore`, each transport and device takes its saved state (the guest sees no
@@ -31,13 +32,17 @@ pub fn attach_all(
     restore: Option<&DevicesState>,
 ) -> Result<()> {
     if let Some(r) = restore {
-        if r.blocks.len() != cfg.disks.len() || r.nets.len() != cfg.nets.len() {
+        if r.blocks.len() != cfg.disks.len()
+            || r.nets.len() != cfg.nets.len()
+            || r.rng.is_some() != cfg.rng.is_some()
+        {
             return Err(Error::SnapshotDevices {
                 disks: r.blocks.len(),
                 nets: r.nets.len(),
             });
         }
     }
+    let wiring = Wiring { vm, mem, confine };
     for (i, disk) in cfg.disks.iter().enumerate() {
         let dev = Block::new(BlockConfig {
             path: disk.path.clone(),
@@ -47,7 +52,7 @@ pub fn attach_all(
             cache: disk.cache.into(),
         })?;
         let state = restore.and_then(|r| r.blocks.get(i));
-        let t = attach(dev, &format!("kiln-blk{i}"), vm, mem, devices, confine, state)?;
+        let t = wiring.attach(dev, &format!("kiln-blk{i}"), devices, state)?;
         devices.blocks.push(t);
     }
     for (i, net) in cfg.nets.iter().enumerate() {
@@ -61,8 +66,13 @@ pub fn attach_all(
             .map_err(io("setting up a rate limiter"))?;
         }
         let state = restore.and_then(|r| r.nets.get(i));
-        let t = attach(dev, &format!("kiln-net{i}"), vm, mem, devices, confine, state)?;
+        let t = wiring.attach(dev, &format!("kiln-net{i}"), devices, state)?;
         devices.nets.push(t);
+    }
+    if let Some(rng) = &cfg.rng {
+        let dev = Rng::new(rng.rate_limiter)?;
+        let state = restore.and_then(|r| r.rng.as_ref());
+        devices.rng = Some(wiring.attach(dev, "kiln-rng", devices, state)?);
     }
     Ok(())
 }
@@ -89,37 +99,47 @@ fn device_setup(confine: &Arc<Confinement>) -> ThreadSetup {
     })
 }
 
-fn attach<D: VirtioDevice + Send + 'static>(
-    dev: D,
-    name: &str,
-    vm: &VmFd,
-    mem: &Arc<GuestMemoryMmap>,
-    devices: &mut DeviceManager,
-    confine: &Arc<Confinement>,
-    restore: Option<&MmioState>,
-) -> Result<Arc<Mutex<MmioTransport<D>>>> {
-    let (base, gsi) = devices.next_virtio_slot()?;
-    let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
-    let transport = match restore {
-        None => MmioTransport::new(dev, mem.clone(), irq)?,
-        Some(state) => {
-            MmioTransport::restore(dev, mem.clone(), irq, state).map_err(Error::DeviceState)?
+/// What every virtio device is wired to: the VM, guest memory, the threads' confinement.
+struct Wiring<'a> {
+    vm: &'a VmFd,
+    mem: &'a Arc<GuestMemoryMmap>,
+    confine: &'a Arc<Confinement>,
+}
+
+impl Wiring<'_> {
+    /// Puts `dev` in the next virtio-mmio slot (restored from `restore` if given), with
+    /// its ioeventfds, irqfd and device thread `name`.
+    fn attach<D: VirtioDevice + Send + 'static>(
+        &self,
+        dev: D,
+        name: &str,
+        devices: &mut DeviceManager,
+        restore: Option<&MmioState>,
+    ) -> Result<Arc<Mutex<MmioTransport<D>>>> {
+        let (vm, mem, confine) = (self.vm, self.mem, self.confine);
+        let (base, gsi) = devices.next_virtio_slot()?;
+        let irq = Arc::new(DeviceManager::irq_line(vm, gsi)?);
+        let transport = match restore {
+            None => MmioTransport::new(dev, mem.clone(), irq)?,
+            Some(state) => {
+                MmioTransport::restore(dev, mem.clone(), irq, state).map_err(Error::DeviceState)?
+            }
+        };
+        for (addr, datamatch, evt) in transport.ioevents(base) {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+                .map_err(kvm_err("KVM_IOEVENTFD"))?;
         }
-    };
-    for (addr, datamatch, evt) in transport.ioevents(base) {
-        vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
-            .map_err(kvm_err("KVM_IOEVENTFD"))?;
+        let worker = transport
+            .worker()
+            .and_then(|w| DeviceThread::spawn(name, w, device_setup(confine)))?;
+        devices.device_threads.push(worker);
+        let transport = Arc::new(Mutex::new(transport));
+        devices
+            .mmio
+            .insert(transport.clone(), base, boot::layout::VIRTIO_MMIO_SIZE)?;
+        log::debug!("virtio-mmio device at {base:#x}, GSI {gsi}, thread {name}");
+        Ok(transport)
     }
-    let worker = transport
-        .worker()
-        .and_then(|w| DeviceThread::spawn(name, w, device_setup(confine)))?;
-    devices.device_threads.push(worker);
-    let transport = Arc::new(Mutex::new(transport));
-    devices
-        .mmio
-        .insert(transport.clone(), base, boot::layout::VIRTIO_MMIO_SIZE)?;
-    log::debug!("virtio-mmio device at {base:#x}, GSI {gsi}, thread {name}");
-    Ok(transport)
 }
 
 #[cfg(test)]

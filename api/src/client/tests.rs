@@ -135,7 +135,10 @@ fn client_round_trip_over_a_socket_pair() {
 #[test]
 fn call_json_gives_status_and_text() {
     let (a, b) = UnixStream::pair().unwrap();
-    let server = one_shot(b, b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"id\":\"x\"}\n");
+    let server = one_shot(
+        b,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"id\":\"x\"}\n",
+    );
     let mut c = Client::new(a, monotonic_ns() + 10_000_000_000);
     let (status, body) = c.call_json("GET", "/", "{}").unwrap();
     assert_eq!((status, body.as_str()), (200, "{\"id\":\"x\"}\n"));
@@ -156,7 +159,10 @@ fn a_passed_deadline_fails_before_sending() {
     let (a, _b) = UnixStream::pair().unwrap();
     let mut c = Client::new(a, monotonic_ns().saturating_sub(1));
     let e = c.send(b"x").unwrap_err();
-    assert!(matches!(e, ClientError::Timeout("writing a request")), "{e}");
+    assert!(
+        matches!(e, ClientError::Timeout("writing a request")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -166,7 +172,9 @@ fn connect_reaches_a_listening_socket() {
     let l = UnixListener::bind(&path).unwrap();
     let server = std::thread::spawn(move || {
         let (s, _) = l.accept().unwrap();
-        one_shot(s, b"HTTP/1.1 204 No Content\r\n\r\n").join().unwrap()
+        one_shot(s, b"HTTP/1.1 204 No Content\r\n\r\n")
+            .join()
+            .unwrap()
     });
     let mut c = Client::connect(&path, LONG).unwrap();
     let r = c.call("PATCH", "/vm", "{}").unwrap();

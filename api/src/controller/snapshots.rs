@@ -16,7 +16,12 @@ impl Controller {
         };
         let api = serde_json::to_value(&self.resources).ok();
         vm.handle
-            .snapshot(kind, p.snapshot_path.as_ref(), p.mem_file_path.as_ref(), api)
+            .snapshot(
+                kind,
+                p.snapshot_path.as_ref(),
+                p.mem_file_path.as_ref(),
+                api,
+            )
             .map_err(|e| Reply::Fault(format!("Cannot create the snapshot: {e}")))?;
         Ok(Reply::NoContent)
     }
@@ -59,9 +64,9 @@ impl Controller {
                 Some(net) => net.tap = o.host_dev_name.clone(),
                 None => {
                     return Err(fault(format!(
-                        "Cannot load the snapshot: network interface {} is not in its configuration.",
-                        o.iface_id
-                    )))
+                    "Cannot load the snapshot: network interface {} is not in its configuration.",
+                    o.iface_id
+                )))
                 }
             }
         }

@@ -97,3 +97,12 @@ pub struct PartialNetworkInterface {
     #[serde(default)]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
+
+/// `PUT /entropy`: a virtio-rng device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyDevice {
+    /// Limits on the bytes and requests the guest gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}

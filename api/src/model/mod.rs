@@ -10,7 +10,8 @@ mod snapshot;
 use serde::{Deserialize, Serialize};
 
 pub use devices::{
-    Drive, DriveCache, IoEngine, NetworkInterface, PartialDrive, PartialNetworkInterface,
+    Drive, DriveCache, EntropyDevice, IoEngine, NetworkInterface, PartialDrive,
+    PartialNetworkInterface,
 };
 pub use machine::{
     BootSource, HugePages, LogLevel, Logger, MachineConfig, MachineConfigPatch, Metrics,

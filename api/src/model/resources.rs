@@ -5,10 +5,11 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use vmm::config::{DiskCache, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
+use vmm::config::{DiskCache, DiskConfig, MemSize, NetConfig, RngConfig, SerialConfig, VmConfig};
 
 use super::{
-    BootSource, Drive, DriveCache, IoEngine, Logger, MachineConfig, Metrics, NetworkInterface,
+    BootSource, Drive, DriveCache, EntropyDevice, IoEngine, Logger, MachineConfig, Metrics,
+    NetworkInterface,
 };
 
 /// Firecracker's kernel command line when `boot_args` is not given.
@@ -50,9 +51,9 @@ pub struct VmResources {
     /// Not supported yet (null only).
     #[serde(default)]
     pub vsock: Unsupported,
-    /// Not supported yet (null only).
+    /// The virtio-rng device.
     #[serde(default)]
-    pub entropy: Unsupported,
+    pub entropy: Option<EntropyDevice>,
     /// Not supported (null only).
     #[serde(default)]
     pub pmem: Unsupported,
@@ -236,6 +237,9 @@ impl VmResources {
                     tx_rate_limiter: n.tx_rate_limiter,
                 })
                 .collect(),
+            entropy: cfg.rng.map(|r| EntropyDevice {
+                rate_limiter: r.rate_limiter,
+            }),
             ..Self::default()
         }
     }
@@ -271,6 +275,9 @@ impl VmResources {
             disks: drives.iter().map(|d| disk_config(d)).collect(),
             nets: self.network_interfaces.iter().map(net_config).collect(),
             track_dirty_pages: self.machine_config.track_dirty_pages,
+            rng: self.entropy.map(|e| RngConfig {
+                rate_limiter: e.rate_limiter,
+            }),
             ..VmConfig::default()
         };
         cfg.validate().map_err(|e| e.to_string())?;

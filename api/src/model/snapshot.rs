@@ -95,9 +95,9 @@ impl SnapshotLoadParams {
                 "Kiln does not support the Uffd memory backend: use \"backend_type\": \"File\"."
                     .into(),
             ),
-            (Some(_), Some(_)) => Err(
-                "Give either mem_backend or the older mem_file_path, not both.".into(),
-            ),
+            (Some(_), Some(_)) => {
+                Err("Give either mem_backend or the older mem_file_path, not both.".into())
+            }
             (None, None) => Err("Missing the memory file: give mem_backend.".into()),
         }
     }

@@ -22,6 +22,10 @@ fn every_listed_route_is_served() {
         ("vm", r#"{"state":"Paused"}"#),
         ("logger", r#"{"level":"Info"}"#),
         ("metrics", r#"{"metrics_path":"/m"}"#),
+        (
+            "entropy",
+            r#"{"rate_limiter":{"ops":{"size":10,"refill_time":100}}}"#,
+        ),
     ];
     let snapshot = |p: &str| match p {
         "/snapshot/create" => r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#,
@@ -75,7 +79,6 @@ fn unknown_paths_and_methods_get_firecrackers_message() {
 #[test]
 fn unsupported_resources_say_so() {
     for p in [
-        "/entropy",
         "/vsock",
         "/balloon",
         "/mmds/config",

@@ -70,13 +70,20 @@ impl Vmm {
     /// Waits until the guest has printed `byte` `count` times in all (counting what came
     /// before the call); returns when the last one arrived (`CLOCK_MONOTONIC` ns, the
     /// time the bench read it).
-    pub fn wait_for(&mut self, byte: u8, count: usize, deadline_ns: u64) -> Result<u64, OutputError> {
+    pub fn wait_for(
+        &mut self,
+        byte: u8,
+        count: usize,
+        deadline_ns: u64,
+    ) -> Result<u64, OutputError> {
         let mut chunk = [0u8; 512];
         loop {
             if self.counts[usize::from(byte)] >= count {
                 return Ok(monotonic_ns());
             }
-            let left_ms = deadline_ns.saturating_sub(monotonic_ns()).div_ceil(1_000_000);
+            let left_ms = deadline_ns
+                .saturating_sub(monotonic_ns())
+                .div_ceil(1_000_000);
             if left_ms == 0 {
                 return Err(OutputError::Timeout(char::from(byte)));
             }
@@ -112,16 +119,24 @@ impl Vmm {
     }
 
     /// Sends SIGTERM and waits up to `timeout` (then SIGKILL); returns when SIGTERM was
-    /// sent (`CLOCK_MONOTONIC` ns) and how the child ended.
+    /// sent (`CLOCK_MONOTONIC` ns) and how the child ended. The console pipe stays open
+    /// until the child is reaped: closing it first would end a VMM that writes the
+    /// console on EPIPE instead of on the signal (the guest prints a few bytes a
+    /// second, far from filling the pipe within a run's timeout).
     pub fn terminate(self, timeout: Duration) -> io::Result<(u64, Ended)> {
         let term_ns = monotonic_ns();
         // SAFETY: kill takes a pid and a signal; the child is not reaped yet, so the pid
         // still names it.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        // Drop the pipe: a VMM blocked writing the console must not outlive the timeout.
-        drop(self.stdout);
-        let mut ended = wait_timed(self.child, timeout)?;
-        ended.start_ns = self.start_ns;
+        let Vmm {
+            child,
+            stdout,
+            start_ns,
+            ..
+        } = self;
+        let mut ended = wait_timed(child, timeout)?;
+        drop(stdout);
+        ended.start_ns = start_ns;
         Ok((term_ns, ended))
     }
 
@@ -135,8 +150,7 @@ impl Vmm {
 /// Whether a VMM stopped by [`Vmm::terminate`] ended as asked: Kiln exits with
 /// 128 + SIGTERM after stopping the VM cleanly; a VMM without a handler dies of it.
 pub fn stopped_by_sigterm(e: &Ended) -> bool {
-    !e.timed_out
-        && (e.code == Some(128 + libc::SIGTERM) || e.signal == Some(libc::SIGTERM))
+    !e.timed_out && (e.code == Some(128 + libc::SIGTERM) || e.signal == Some(libc::SIGTERM))
 }
 
 #[cfg(test)]
@@ -176,13 +190,19 @@ mod tests {
         let (_d, err) = err_file();
         let mut v = Vmm::spawn(sh("printf x"), &err).unwrap();
         let far = monotonic_ns() + 10_000_000_000;
-        assert!(matches!(v.wait_for(b'R', 1, far), Err(OutputError::Exited('R'))));
+        assert!(matches!(
+            v.wait_for(b'R', 1, far),
+            Err(OutputError::Exited('R'))
+        ));
         let (_, e) = v.terminate(Duration::from_secs(10)).unwrap();
         assert_eq!(e.code, Some(0));
         assert!(!stopped_by_sigterm(&e));
         let mut v = Vmm::spawn(sh("exec sleep 10"), &err).unwrap();
         let soon = monotonic_ns() + 20_000_000;
-        assert!(matches!(v.wait_for(b'R', 1, soon), Err(OutputError::Timeout('R'))));
+        assert!(matches!(
+            v.wait_for(b'R', 1, soon),
+            Err(OutputError::Timeout('R'))
+        ));
         v.kill();
     }
 
@@ -190,7 +210,8 @@ mod tests {
     fn a_vmm_that_ignores_sigterm_is_killed() {
         let (_d, err) = err_file();
         let mut v = Vmm::spawn(sh("trap '' TERM; printf R; exec sleep 10"), &err).unwrap();
-        v.wait_for(b'R', 1, monotonic_ns() + 10_000_000_000).unwrap();
+        v.wait_for(b'R', 1, monotonic_ns() + 10_000_000_000)
+            .unwrap();
         let (_, e) = v.terminate(Duration::from_millis(100)).unwrap();
         assert!(e.timed_out && !stopped_by_sigterm(&e), "{e:?}");
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use util::time::monotonic_ns;
 use vmm::timings::RunTimings;
 
-use super::child::{stopped_by_sigterm, Vmm};
+use super::child::{stopped_by_sigterm, OutputError, Vmm};
 use super::guest::PASS;
 use super::smaps::{self, MemUse};
 use super::source::{last_line, Snapshot};
@@ -62,6 +62,41 @@ pub struct RestoreTimes {
     /// Its mapping of the memory file (guest RAM) while the guest runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<MemUse>,
+}
+
+/// Why a restore run failed (ends up in [`Sample::error`], with the VMM's last stderr
+/// line).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The scratch directory could not be watched for the API socket.
+    #[error("watching the scratch directory: {0}")]
+    Watch(#[source] std::io::Error),
+    /// The VMM could not be started.
+    #[error("cannot start {exe}: {source}")]
+    Spawn {
+        /// The binary.
+        exe: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API socket or `PUT /snapshot/load` failed.
+    #[error(transparent)]
+    Load(#[from] ApiError),
+    /// The guest did not print.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+/// A run that could not start: why, and the VMM's last stderr line.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}{}", .stderr.as_ref().map_or_else(String::new, |l| format!(": {l}")))]
+pub struct StartError {
+    /// What failed.
+    #[source]
+    pub source: RunError,
+    /// The VMM's last stderr line, if any.
+    pub stderr: Option<String>,
 }
 
 /// A restore runner: one binary, one way in, one snapshot.
@@ -166,24 +201,49 @@ impl RestoreRunner {
         .to_string()
     }
 
-    /// Execs the VMM and, on the API path, loads the snapshot; the error is for
-    /// [`Sample::error`].
-    pub fn start(&self, index: usize, scratch: &Path, timeout: Duration) -> Result<Started, String> {
+    /// Execs the VMM and, on the API path, loads the snapshot; the error (with the
+    /// VMM's last stderr line) is for [`Sample::error`].
+    pub fn start(
+        &self,
+        index: usize,
+        scratch: &Path,
+        timeout: Duration,
+    ) -> Result<Started, StartError> {
         let files = RunFiles::new(scratch);
+        let r = self.start_with(index, &files, scratch, timeout);
+        r.map_err(|(source, vmm)| {
+            if let Some(v) = vmm {
+                v.kill();
+            }
+            let stderr = last_line(&files.err);
+            files.remove();
+            StartError { source, stderr }
+        })
+        .map(|(vmm, times, deadline_ns)| Started {
+            vmm,
+            files,
+            times,
+            deadline_ns,
+            timeout,
+        })
+    }
+
+    /// [`RestoreRunner::start`] up to the `Started`; on failure, the VMM if it runs.
+    fn start_with(
+        &self,
+        index: usize,
+        files: &RunFiles,
+        scratch: &Path,
+        timeout: Duration,
+    ) -> Result<(Vmm, RestoreTimes, u64), (RunError, Option<Vmm>)> {
         let watch = match self.via {
-            Via::Api => match SocketWatch::new(scratch) {
-                Ok(w) => Some(w),
-                Err(e) => return Err(format!("watching the scratch directory: {e}")),
-            },
+            Via::Api => Some(SocketWatch::new(scratch).map_err(|e| (RunError::Watch(e), None))?),
             Via::Cli => None,
         };
-        let mut vmm = match Vmm::spawn(self.command(&files), &files.err) {
-            Ok(v) => v,
-            Err(e) => {
-                files.remove();
-                return Err(format!("cannot start {}: {e}", self.exe.display()));
-            }
-        };
+        let mut vmm = Vmm::spawn(self.command(files), &files.err).map_err(|source| {
+            let exe = self.exe.clone();
+            (RunError::Spawn { exe, source }, None)
+        })?;
         let deadline_ns = vmm.start_ns.saturating_add(timeout.as_nanos() as u64);
         let mut times = RestoreTimes {
             index,
@@ -191,19 +251,10 @@ impl RestoreRunner {
         };
         if let Some(w) = &watch {
             if let Err(e) = self.load(w, &mut vmm, &files.sock, deadline_ns, &mut times) {
-                let why = with_stderr(e.to_string(), &files.err);
-                vmm.kill();
-                files.remove();
-                return Err(why);
+                return Err((e.into(), Some(vmm)));
             }
         }
-        Ok(Started {
-            vmm,
-            files,
-            times,
-            deadline_ns,
-            timeout,
-        })
+        Ok((vmm, times, deadline_ns))
     }
 
     /// `PUT /snapshot/load` over the socket, timed into `t`.
@@ -232,7 +283,12 @@ impl RestoreRunner {
 
     /// Runs once: start, wait for the guest, read memory, stop. Never fails: problems
     /// end up in [`Sample::error`].
-    pub fn run_once(&self, index: usize, scratch: &Path, timeout: Duration) -> (Sample, RestoreTimes) {
+    pub fn run_once(
+        &self,
+        index: usize,
+        scratch: &Path,
+        timeout: Duration,
+    ) -> (Sample, RestoreTimes) {
         match self.start(index, scratch, timeout) {
             Ok(mut s) => {
                 let running = s.wait_running(1);
@@ -241,10 +297,13 @@ impl RestoreRunner {
                 }
                 s.stop(running)
             }
-            Err(e) => (failed(index, e), RestoreTimes {
-                index,
-                ..RestoreTimes::default()
-            }),
+            Err(e) => (
+                failed(index, e.to_string()),
+                RestoreTimes {
+                    index,
+                    ..RestoreTimes::default()
+                },
+            ),
         }
     }
 }
@@ -268,12 +327,9 @@ impl Started {
     /// Waits until the guest has printed `passes` passes since the restore (the first
     /// means it runs; a pass after that has read every touched page); the first is
     /// recorded as [`RestoreTimes::first_output_us`].
-    pub fn wait_running(&mut self, passes: usize) -> Result<(), String> {
+    pub fn wait_running(&mut self, passes: usize) -> Result<(), RunError> {
         for n in 1..=passes.max(1) {
-            let at = self
-                .vmm
-                .wait_for(PASS, n, self.deadline_ns)
-                .map_err(|e| e.to_string())?;
+            let at = self.vmm.wait_for(PASS, n, self.deadline_ns)?;
             if n == 1 {
                 self.times.first_output_us = Some(us(at.saturating_sub(self.vmm.start_ns)));
             }
@@ -290,7 +346,7 @@ impl Started {
 
     /// Stops the VMM with SIGTERM and collects the sample; `running` is how waiting for
     /// the guest went.
-    pub fn stop(self, running: Result<(), String>) -> (Sample, RestoreTimes) {
+    pub fn stop(self, running: Result<(), RunError>) -> (Sample, RestoreTimes) {
         let Started {
             vmm,
             files,
@@ -319,7 +375,7 @@ impl Started {
         }
         if let Err(why) = running {
             s.ok = false;
-            s.error = Some(why);
+            s.error = Some(why.to_string());
         }
         s.vm = read_timings(&files.timings);
         if let (Some(vm), Some(req)) = (&s.vm, times.load_request_us) {
@@ -363,20 +419,34 @@ mod tests {
             err: "/x/a.err".into(),
         };
         let c = r.command(&f);
-        c.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
     fn commands_per_way_in() {
         assert_eq!(
             argv(&runner(Via::Cli, Flavor::Kiln)),
-            ["restore", "--snapshot", "/s/state", "--mem", "/s/m em", "--resume", "--timings", "/x/a.json"]
+            [
+                "restore",
+                "--snapshot",
+                "/s/state",
+                "--mem",
+                "/s/m em",
+                "--resume",
+                "--timings",
+                "/x/a.json"
+            ]
         );
         assert_eq!(
             argv(&runner(Via::Api, Flavor::Kiln)),
             ["api", "--api-sock", "/x/a.sock", "--timings", "/x/a.json"]
         );
-        assert_eq!(argv(&runner(Via::Api, Flavor::Firecracker)), ["--api-sock", "/x/a.sock"]);
+        assert_eq!(
+            argv(&runner(Via::Api, Flavor::Firecracker)),
+            ["--api-sock", "/x/a.sock"]
+        );
     }
 
     #[test]

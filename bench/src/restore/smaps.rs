@@ -14,6 +14,10 @@ pub struct MemUse {
     pub pss_kib: u64,
     /// Resident pages no other process maps (clean or dirty).
     pub private_kib: u64,
+    /// Anonymous pages: in a `MAP_PRIVATE` file mapping, the pages the process wrote
+    /// (its own copies).
+    #[serde(default)]
+    pub anon_kib: u64,
 }
 
 impl MemUse {
@@ -22,6 +26,7 @@ impl MemUse {
             "Rss" => self.rss_kib += kib,
             "Pss" => self.pss_kib += kib,
             "Private_Clean" | "Private_Dirty" => self.private_kib += kib,
+            "Anonymous" => self.anon_kib += kib,
             _ => {}
         }
     }
@@ -103,6 +108,7 @@ Pss:                2100 kB
 Shared_Clean:       8160 kB
 Private_Clean:         0 kB
 Private_Dirty:        40 kB
+Anonymous:            40 kB
 7f0008000000-7f0010000000 rw-p 00000000 00:00 0 
 Rss:                  12 kB
 Pss:                  12 kB
@@ -120,7 +126,8 @@ Private_Dirty:         0 kB
             MemUse {
                 rss_kib: 8204,
                 pss_kib: 2101,
-                private_kib: 40
+                private_kib: 40,
+                anon_kib: 40,
             }
         );
         assert_eq!(parse_mapping(SMAPS, "/tmp/k"), MemUse::default());
@@ -142,7 +149,10 @@ Private_Dirty:         0 kB
     fn reads_this_process() {
         let me = std::process::id() as libc::pid_t;
         let m = process(me).unwrap();
-        assert!(m.rss_kib > 0 && m.pss_kib > 0 && m.pss_kib <= m.rss_kib, "{m:?}");
+        assert!(
+            m.rss_kib > 0 && m.pss_kib > 0 && m.pss_kib <= m.rss_kib,
+            "{m:?}"
+        );
         let exe = std::env::current_exe().unwrap();
         assert!(mapping(me, &exe).unwrap().rss_kib > 0);
     }

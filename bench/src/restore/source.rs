@@ -156,7 +156,12 @@ impl Source<'_> {
         r.map_err(|source| SnapshotError { source, stderr })
     }
 
-    fn make_with(&self, sock: &Path, err: &Path, timeout: Duration) -> Result<Snapshot, SourceError> {
+    fn make_with(
+        &self,
+        sock: &Path,
+        err: &Path,
+        timeout: Duration,
+    ) -> Result<Snapshot, SourceError> {
         let watch = SocketWatch::new(self.dir).map_err(|source| SourceError::Watch {
             dir: self.dir.to_path_buf(),
             source,
@@ -214,7 +219,8 @@ impl Source<'_> {
         let ready = vmm.wait_for(READY, 1, deadline)?;
         snap.info.boot_us = us(ready.saturating_sub(vmm.start_ns));
         let t0 = monotonic_ns();
-        c.call("PATCH", "/vm", PAUSE)?.expect(204, "PATCH /vm Paused")?;
+        c.call("PATCH", "/vm", PAUSE)?
+            .expect(204, "PATCH /vm Paused")?;
         let t1 = monotonic_ns();
         let body = serde_json::json!({
             "snapshot_type": "Full",

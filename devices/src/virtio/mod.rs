@@ -1,4 +1,4 @@
-//! virtio-mmio transport (virtio 1.2 §4.2) and the block and net devices.
+//! virtio-mmio transport (virtio 1.2 §4.2) and the block, net and entropy (rng) devices.
 //!
 //! # Public API (for the VMM)
 //!
@@ -67,7 +67,9 @@ mod chain;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+pub mod rng;
 mod subscriber;
+pub mod vsock;
 mod worker;
 
 use std::os::fd::RawFd;
@@ -121,6 +123,8 @@ pub mod features {
 pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// virtio device ID of a block device (§5.2).
 pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+/// virtio device ID of an entropy device (§5.4).
+pub const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
 /// Errors from building or activating virtio devices.
 #[derive(Debug, thiserror::Error)]

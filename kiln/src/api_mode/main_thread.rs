@@ -27,7 +27,10 @@ pub(super) struct MainThread {
 }
 
 impl MainThread {
-    pub(super) fn build_from_file(&mut self, resources: VmResources) -> Result<(Vm, RunEnd), String> {
+    pub(super) fn build_from_file(
+        &mut self,
+        resources: VmResources,
+    ) -> Result<(Vm, RunEnd), String> {
         let cfg = util::sync::lock(&self.controller).configure_from(resources)?;
         let prepared = self.prepare();
         let (vm, end) = self.build(&cfg, prepared)?;
@@ -53,46 +56,37 @@ impl MainThread {
         cfg: &VmConfig,
         prepared: Option<Prepared>,
     ) -> Result<(Vm, RunEnd), String> {
-        let mut end = RunEnd::prepare(self.timings.as_deref()).map_err(|e| e.to_string())?;
-        let serial = match end.serial_io(cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                end.discard();
-                return Err(e.to_string());
-            }
-        };
-        let vm = match prepared {
-            Some(p) => Vm::from_prepared(p, cfg, serial, self.opts),
-            None => Vm::new(cfg, serial, self.opts),
-        };
-        match vm {
-            Ok(vm) => Ok((vm, end)),
-            Err(e) => {
-                // Vm::new unblocked the stop signals on failure: the API keeps serving.
-                let _ = event_loop::block_stop_signals();
-                end.discard();
-                Err(e.to_string())
-            }
-        }
+        let opts = self.opts;
+        self.with_serial(cfg, |serial| match prepared {
+            Some(p) => Vm::from_prepared(p, cfg, serial, opts),
+            None => Vm::new(cfg, serial, opts),
+        })
     }
 
     /// Builds the VM of a snapshot.
     pub(super) fn restore(
         &mut self,
         snapshot: &VmSnapshot,
-        opts: &RestoreOptions,
+        restore: &RestoreOptions,
         prepared: Option<Prepared>,
     ) -> Result<(Vm, RunEnd), String> {
-        let cfg = &snapshot.config;
+        let opts = self.opts;
+        self.with_serial(&snapshot.config, |serial| {
+            Vm::restore(snapshot, restore, serial, opts, prepared)
+        })
+    }
+
+    /// Builds a VM with `cfg`'s serial console and this run's timings file; on failure
+    /// removes what was prepared for it and blocks the stop signals again (the VM's
+    /// build unblocked them; the API keeps serving).
+    fn with_serial(
+        &mut self,
+        cfg: &VmConfig,
+        build: impl FnOnce(vmm::device_manager::SerialIo) -> vmm::Result<Vm>,
+    ) -> Result<(Vm, RunEnd), String> {
         let mut end = RunEnd::prepare(self.timings.as_deref()).map_err(|e| e.to_string())?;
-        let serial = match end.serial_io(cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                end.discard();
-                return Err(e.to_string());
-            }
-        };
-        match Vm::restore(snapshot, opts, serial, self.opts, prepared) {
+        let built = end.serial_io(cfg).and_then(build);
+        match built {
             Ok(vm) => Ok((vm, end)),
             Err(e) => {
                 let _ = event_loop::block_stop_signals();
@@ -183,4 +177,3 @@ fn wait_readable(wake: &EventFd, signals: &OwnedFd) -> Woken {
         }
     }
 }
-

@@ -137,7 +137,13 @@ pub fn run(args: &FcArgs, timings: Option<&Path>, main_entry: u64) -> ExitCode {
 }
 
 /// `kiln run … --api-sock PATH`: the VM from the command line, with the API serving it.
-pub fn run_with_api(cfg: &VmConfig, sock: &Path, seccomp: SeccompLevel, main_entry: u64, timings: Option<&Path>) -> ExitCode {
+pub fn run_with_api(
+    cfg: &VmConfig,
+    sock: &Path,
+    seccomp: SeccompLevel,
+    main_entry: u64,
+    timings: Option<&Path>,
+) -> ExitCode {
     let args = fc_args_for(sock, seccomp);
     let mut session = match Session::new(&args, timings, main_entry) {
         Ok(s) => s,
@@ -161,7 +167,12 @@ pub fn restore(args: &RestoreArgs, main_entry: u64) -> ExitCode {
     logger::init(args.log_level, false, fc_cli_default_id());
     let mut snapshot = match VmSnapshot::read(&args.snapshot) {
         Ok(s) => s,
-        Err(e) => return fail(&format!("cannot load snapshot {}: {e}", args.snapshot.display())),
+        Err(e) => {
+            return fail(&format!(
+                "cannot load snapshot {}: {e}",
+                args.snapshot.display()
+            ))
+        }
     };
     for (n, path) in &args.disks {
         match snapshot.config.disks.get_mut(*n) {
@@ -175,7 +186,10 @@ pub fn restore(args: &RestoreArgs, main_entry: u64) -> ExitCode {
             }
         }
     }
-    let mut fc = fc_args_for(args.api_sock.as_deref().unwrap_or(Path::new("")), SeccompLevel::On);
+    let mut fc = fc_args_for(
+        args.api_sock.as_deref().unwrap_or(Path::new("")),
+        SeccompLevel::On,
+    );
     fc.no_api = args.api_sock.is_none();
     let mut session = match Session::new(&fc, args.timings.as_deref(), main_entry) {
         Ok(s) => s,
@@ -189,16 +203,24 @@ pub fn restore(args: &RestoreArgs, main_entry: u64) -> ExitCode {
     let prepared = session.main.prepare();
     let built = match session.main.restore(&snapshot, &opts, prepared) {
         Ok(b) => b,
-        Err(e) => return fail(&format!("cannot restore snapshot {}: {e}", args.snapshot.display())),
+        Err(e) => {
+            return fail(&format!(
+                "cannot restore snapshot {}: {e}",
+                args.snapshot.display()
+            ))
+        }
     };
-    util::sync::lock(&session.main.controller).adopt_snapshot(snapshot.api.clone(), built.0.handle());
+    util::sync::lock(&session.main.controller)
+        .adopt_snapshot(snapshot.api.clone(), built.0.handle());
     session.metrics_anyway = !fc.no_api;
     session.run(Some(built))
 }
 
 fn parse_disk_override(s: &str) -> Result<(usize, PathBuf), String> {
     let (n, path) = s.split_once('=').ok_or("use N=PATH, e.g. 0=clone.img")?;
-    let n = n.parse().map_err(|_| format!("'{n}' is not a disk number: use N=PATH, e.g. 0=clone.img"))?;
+    let n = n
+        .parse()
+        .map_err(|_| format!("'{n}' is not a disk number: use N=PATH, e.g. 0=clone.img"))?;
     if path.is_empty() {
         return Err("missing path: use N=PATH, e.g. 0=clone.img".into());
     }
@@ -268,7 +290,8 @@ impl Session {
         };
         // Without the API, metrics can only come from the command line or config file.
         let wanted = self.metrics_anyway || util::sync::lock(&self.main.controller).has_metrics();
-        let ticker = wanted.then(|| MetricsTicker::spawn(self.main.controller.clone(), self.confine.clone()));
+        let ticker = wanted
+            .then(|| MetricsTicker::spawn(self.main.controller.clone(), self.confine.clone()));
         let code = match built {
             Some(vm) => self.main.run_vm(vm),
             None => self.main.serve(&self.builds, &self.wake, &self.signals),
@@ -301,7 +324,11 @@ fn run_options(seccomp: SeccompLevel, main_entry: u64) -> RunOptions {
 }
 
 /// Sends `what` to the main thread and waits for its answer.
-fn ask_main(tx: &SyncSender<BuildRequest>, wake: &EventFd, what: Build) -> Result<VmHandle, String> {
+fn ask_main(
+    tx: &SyncSender<BuildRequest>,
+    wake: &EventFd,
+    what: Build,
+) -> Result<VmHandle, String> {
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     tx.send(BuildRequest(what, reply_tx))
         .map_err(|_| "the VMM is shutting down".to_string())?;
@@ -316,7 +343,10 @@ fn build_controller(
     build_tx: SyncSender<BuildRequest>,
     wake: &EventFd,
 ) -> Result<Controller, String> {
-    let clone = || wake.try_clone().map_err(|e| format!("cloning an eventfd: {e}"));
+    let clone = || {
+        wake.try_clone()
+            .map_err(|e| format!("cloning an eventfd: {e}"))
+    };
     let (wake1, wake2) = (clone()?, clone()?);
     let tx2 = build_tx.clone();
     let start = move |cfg: VmConfig| ask_main(&build_tx, &wake1, Build::Start(cfg));

@@ -197,3 +197,12 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     }
     parts.next().is_none().then_some(mac)
 }
+
+/// A virtio-rng device (entropy from the host's `getrandom`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngConfig {
+    /// Limits on the bytes and requests the guest gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}

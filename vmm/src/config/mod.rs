@@ -131,7 +131,7 @@ impl From<SerialConfig> for String {
 pub use boot::BootProtocol;
 
 mod devices;
-pub use self::devices::{parse_kv, parse_mac, DiskCache, DiskConfig, NetConfig};
+pub use self::devices::{parse_kv, parse_mac, DiskCache, DiskConfig, NetConfig, RngConfig};
 
 /// A guest memory size: an integer (MiB) or a string with a K/M/G suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +208,9 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// Log the pages the guest dirties, for diff snapshots.
     pub track_dirty_pages: bool,
+    /// A virtio-rng device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngConfig>,
 }
 
 impl Default for VmConfig {
@@ -224,6 +227,7 @@ impl Default for VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             track_dirty_pages: false,
+            rng: None,
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct SnapshotSource {
 
 /// A virtio-blk transport as the VM shares it.
 pub(crate) type BlockTransport = Arc<Mutex<MmioTransport<devices::virtio::block::Block>>>;
+/// A virtio-rng transport as the VM shares it.
+pub(crate) type RngTransport = Arc<Mutex<MmioTransport<devices::virtio::rng::Rng>>>;
+/// The virtio transports a snapshot saves: disks, nets, the rng (zero or one).
+pub(crate) type Virtio<'a> = (&'a [BlockTransport], &'a [NetTransport], &'a [RngTransport]);
 /// A virtio-net transport as the VM shares it.
 pub(crate) type NetTransport =
     Arc<Mutex<MmioTransport<devices::virtio::net::Net<devices::virtio::net::tap::Tap>>>>;
@@ -65,10 +69,10 @@ impl SnapshotSource {
         kind: SnapshotKind,
         paths: (&Path, &Path),
         api: Option<serde_json::Value>,
-        virtio: (&[BlockTransport], &[NetTransport]),
+        virtio: Virtio<'_>,
     ) -> Result<(), SnapshotError> {
         let (state_path, mem_path) = paths;
-        let (blocks, nets) = virtio;
+        let (blocks, nets, rng) = virtio;
         if kind == SnapshotKind::Diff && !self.track_dirty_pages {
             return Err(SnapshotError::NoDirtyTracking);
         }
@@ -78,13 +82,15 @@ impl SnapshotSource {
         let net_locks = lock_all(nets);
         let (block_states, block_guards) = save_all(&block_locks)?;
         let (net_states, net_guards) = save_all(&net_locks)?;
+        let rng_locks = lock_all(rng);
+        let (mut rng_states, rng_guards) = save_all(&rng_locks)?;
         let legacy = LegacyState {
             serial: util::sync::lock(&self.serial).state(),
             i8042: util::sync::lock(&self.i8042).state(),
         };
         self.write_memory(kind, mem_path)?;
-        drop((block_guards, net_guards));
-        drop((block_locks, net_locks));
+        drop((block_guards, net_guards, rng_guards));
+        drop((block_locks, net_locks, rng_locks));
         let snapshot = VmSnapshot {
             config: (*self.config).clone(),
             cmdline: self.cmdline.clone(),
@@ -95,6 +101,7 @@ impl SnapshotSource {
                 legacy,
                 blocks: block_states,
                 nets: net_states,
+                rng: rng_states.pop(),
             },
             api,
         };
@@ -123,8 +130,14 @@ impl SnapshotSource {
                 (f, PageSelection::All)
             }
             SnapshotKind::Diff => {
-                let f = OpenOptions::new().write(true).open(path).map_err(open_err)?;
-                (f, PageSelection::Dirty(memory::dirty_bitmaps(&self.fd, &self.mem)?))
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(open_err)?;
+                (
+                    f,
+                    PageSelection::Dirty(memory::dirty_bitmaps(&self.fd, &self.mem)?),
+                )
             }
         };
         memory::write_memory(&file, &self.mem, pages)?;

@@ -57,6 +57,9 @@ pub struct DevicesState {
     pub blocks: Vec<MmioState>,
     /// virtio-net transports, in configuration order.
     pub nets: Vec<MmioState>,
+    /// The virtio-rng transport.
+    #[serde(default)]
+    pub rng: Option<MmioState>,
 }
 
 /// Full or diff snapshot.
@@ -145,7 +148,10 @@ impl VmSnapshot {
             ));
         }
         let d = &self.devices;
-        if d.blocks.len() != self.config.disks.len() || d.nets.len() != self.config.nets.len() {
+        if d.blocks.len() != self.config.disks.len()
+            || d.nets.len() != self.config.nets.len()
+            || d.rng.is_some() != self.config.rng.is_some()
+        {
             return bad(format!(
                 "{} disk and {} network device states for {} disks and {} interfaces",
                 d.blocks.len(),
