@@ -313,6 +313,16 @@ impl Controller {
                 self.resources.entropy = Some(e);
                 Reply::NoContent
             }
+            ApiRequest::PutVsock(v) => {
+                self.pre_boot()?;
+                let cfg = vmm::config::VsockConfig {
+                    cid: v.guest_cid,
+                    uds_path: v.uds_path.clone().into(),
+                };
+                cfg.check().map_err(|e| fault(e.to_string()))?;
+                self.resources.vsock = Some(v);
+                Reply::NoContent
+            }
             ApiRequest::CreateSnapshot(p) => self.create_snapshot(&p)?,
             ApiRequest::LoadSnapshot(p) => self.load_snapshot(&p)?,
             ApiRequest::PatchVm(v) => {
@@ -485,6 +495,7 @@ fn req_group(req: &ApiRequest) -> Option<(&'static str, &'static str)> {
         ApiRequest::PutLogger(_) => ("put", "logger"),
         ApiRequest::PutMetrics(_) => ("put", "metrics"),
         ApiRequest::PutEntropy(_) => ("put", "entropy"),
+        ApiRequest::PutVsock(_) => ("put", "vsock"),
         ApiRequest::CreateSnapshot(_) => ("put", "create_snapshot"),
         ApiRequest::LoadSnapshot(_) => ("put", "load_snapshot"),
     })

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use crate::model::{
     BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, NetworkInterface, PartialDrive, PartialNetworkInterface,
-    SnapshotCreateParams, SnapshotLoadParams, VmStateChange,
+    SnapshotCreateParams, SnapshotLoadParams, VmStateChange, VsockDevice,
 };
 
 /// A request the controller acts on.
@@ -45,6 +45,8 @@ pub enum ApiRequest {
     PutMetrics(Metrics),
     /// `PUT /entropy`.
     PutEntropy(EntropyDevice),
+    /// `PUT /vsock`.
+    PutVsock(VsockDevice),
     /// `PUT /snapshot/create`.
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
@@ -70,13 +72,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/logger"),
     ("PUT", "/metrics"),
     ("PUT", "/entropy"),
+    ("PUT", "/vsock"),
     ("PUT", "/snapshot/create"),
     ("PUT", "/snapshot/load"),
 ];
 
 /// Firecracker resources Kiln answers with "not supported" (first path segment).
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("vsock", "vsock (/vsock)"),
     ("balloon", "the balloon device (/balloon)"),
     ("mmds", "MMDS (/mmds)"),
     ("cpu-config", "custom CPU templates (/cpu-config)"),
@@ -130,6 +132,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, String
         ("PUT", "logger", None) => body_of(body).map(ApiRequest::PutLogger),
         ("PUT", "metrics", None) => body_of(body).map(ApiRequest::PutMetrics),
         ("PUT", "entropy", None) => body_of(body).map(ApiRequest::PutEntropy),
+        ("PUT", "vsock", None) => body_of(body).map(ApiRequest::PutVsock),
         ("PUT", "snapshot", Some("create")) => body_of(body).map(ApiRequest::CreateSnapshot),
         ("PUT", "snapshot", Some("load")) => body_of(body).map(ApiRequest::LoadSnapshot),
         (_, "drives" | "network-interfaces", None) => Err(format!(

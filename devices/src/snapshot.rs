@@ -57,6 +57,12 @@ pub enum DeviceState {
     Net(NetState),
     /// A virtio-rng device (no state beyond the transport's).
     Rng,
+    /// A virtio-vsock device: its CID (connections do not survive a snapshot; the
+    /// restored device tells the guest with a TRANSPORT_RESET event).
+    Vsock {
+        /// The guest's CID.
+        cid: u64,
+    },
 }
 
 impl DeviceState {
@@ -66,6 +72,7 @@ impl DeviceState {
             DeviceState::Block(_) => "virtio-blk",
             DeviceState::Net(_) => "virtio-net",
             DeviceState::Rng => "virtio-rng",
+            DeviceState::Vsock { .. } => "virtio-vsock",
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// A virtio-rng device: the guest gets entropy from the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// A virtio-vsock device: cid=N,uds=PATH (host programs connect to PATH and write
+    /// `CONNECT <port>`; guest connections to host port P go to PATH_P).
+    #[arg(long)]
+    pub vsock: Option<vmm::config::VsockConfig>,
     /// JSON or TOML file with the same fields (kernel, initrd, cmdline, cpus, memory,
     /// serial, boot_protocol, boot_timer, disks, nets).
     #[arg(long)]
@@ -158,6 +162,9 @@ impl RunArgs {
         c.boot_timer |= self.boot_timer;
         c.disks.extend(self.disks.iter().cloned());
         c.nets.extend(self.nets.iter().cloned());
+        if let Some(v) = &self.vsock {
+            c.vsock = Some(v.clone());
+        }
         if self.rng && c.rng.is_none() {
             c.rng = Some(vmm::config::RngConfig::default());
         }

@@ -13,6 +13,7 @@ use devices::virtio::block::Block;
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::MmioTransport;
 use devices::BootTimer;
 use devices::{Bus, IrqLine};
@@ -63,6 +64,8 @@ pub struct DeviceManager {
     pub nets: Vec<Arc<Mutex<MmioTransport<Net<Tap>>>>>,
     /// The virtio-rng transport, if there is one.
     pub rng: Option<Arc<Mutex<MmioTransport<Rng>>>>,
+    /// The virtio-vsock transport, if there is one.
+    pub vsock: Option<Arc<Mutex<MmioTransport<Vsock>>>>,
     /// The keyboard controller (the host presses Ctrl+Alt+Del through it).
     pub i8042: Option<Arc<Mutex<I8042>>>,
     /// COM1 (its state goes into snapshots).
@@ -84,6 +87,7 @@ impl DeviceManager {
             blocks: Vec::new(),
             nets: Vec::new(),
             rng: None,
+            vsock: None,
             i8042: None,
             serial: None,
             next_slot: 0,

@@ -136,6 +136,9 @@ pub enum Error {
         /// vCPUs configured.
         cpus: usize,
     },
+    /// The vsock device could not be set up (its Unix socket).
+    #[error(transparent)]
+    Vsock(devices::virtio::vsock::Error),
     /// A device's saved state could not be restored.
     #[error("restoring a device: {0}")]
     DeviceState(#[source] devices::snapshot::StateError),

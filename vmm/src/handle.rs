@@ -15,6 +15,7 @@ use devices::rate_limiter::RateLimiterConfig;
 use devices::virtio::block::Block;
 use devices::virtio::net::{tap::Tap, Net};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::MmioTransport;
 use serde::Serialize;
 
@@ -49,6 +50,7 @@ pub struct VmHandle {
     blocks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
     nets: Vec<Arc<Mutex<MmioTransport<Net<Tap>>>>>,
     rng: Vec<Arc<Mutex<MmioTransport<Rng>>>>,
+    vsock: Vec<Arc<Mutex<MmioTransport<Vsock>>>>,
     i8042: Option<Arc<Mutex<I8042>>>,
     block_metrics: Vec<Arc<BlockMetrics>>,
     net_metrics: Vec<Arc<NetMetrics>>,
@@ -93,6 +95,7 @@ impl VmHandle {
             blocks: dm.blocks.clone(),
             nets: dm.nets.clone(),
             rng: dm.rng.iter().cloned().collect(),
+            vsock: dm.vsock.iter().cloned().collect(),
             rng_metrics: dm
                 .rng
                 .as_ref()
@@ -205,7 +208,7 @@ impl VmHandle {
             kind,
             (state_path, mem_path),
             api,
-            (&self.blocks, &self.nets, &self.rng),
+            (&self.blocks, &self.nets, &self.rng, &self.vsock),
         )
     }
 

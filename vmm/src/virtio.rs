@@ -9,6 +9,7 @@ use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::{DeviceThread, MmioTransport, ThreadSetup, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 
@@ -35,6 +36,7 @@ pub fn attach_all(
         if r.blocks.len() != cfg.disks.len()
             || r.nets.len() != cfg.nets.len()
             || r.rng.is_some() != cfg.rng.is_some()
+            || r.vsock.is_some() != cfg.vsock.is_some()
         {
             return Err(Error::SnapshotDevices {
                 disks: r.blocks.len(),
@@ -73,6 +75,11 @@ pub fn attach_all(
         let dev = Rng::new(rng.rate_limiter)?;
         let state = restore.and_then(|r| r.rng.as_ref());
         devices.rng = Some(wiring.attach(dev, "kiln-rng", devices, state)?);
+    }
+    if let Some(v) = &cfg.vsock {
+        let dev = Vsock::new(v.cid, &v.uds_path).map_err(Error::Vsock)?;
+        let state = restore.and_then(|r| r.vsock.as_ref());
+        devices.vsock = Some(wiring.attach(dev, "kiln-vsock", devices, state)?);
     }
     Ok(())
 }

@@ -106,3 +106,17 @@ pub struct EntropyDevice {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
 }
+
+/// `PUT /vsock`: a virtio-vsock device with Firecracker's host side on Unix sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockDevice {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+    /// Host programs connect here and write `CONNECT <port>`; a guest connection to host
+    /// port P goes to `<uds_path>_<P>`.
+    pub uds_path: String,
+    /// Older clients send an id; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}

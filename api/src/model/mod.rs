@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use devices::{
     Drive, DriveCache, EntropyDevice, IoEngine, NetworkInterface, PartialDrive,
-    PartialNetworkInterface,
+    PartialNetworkInterface, VsockDevice,
 };
 pub use machine::{
     BootSource, HugePages, LogLevel, Logger, MachineConfig, MachineConfigPatch, Metrics,

@@ -5,11 +5,13 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use vmm::config::{DiskCache, DiskConfig, MemSize, NetConfig, RngConfig, SerialConfig, VmConfig};
+use vmm::config::{
+    DiskCache, DiskConfig, MemSize, NetConfig, RngConfig, SerialConfig, VmConfig, VsockConfig,
+};
 
 use super::{
     BootSource, Drive, DriveCache, EntropyDevice, IoEngine, Logger, MachineConfig, Metrics,
-    NetworkInterface,
+    NetworkInterface, VsockDevice,
 };
 
 /// Firecracker's kernel command line when `boot_args` is not given.
@@ -48,9 +50,9 @@ pub struct VmResources {
     /// Not supported (null only).
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Unsupported,
-    /// Not supported yet (null only).
+    /// The virtio-vsock device.
     #[serde(default)]
-    pub vsock: Unsupported,
+    pub vsock: Option<VsockDevice>,
     /// The virtio-rng device.
     #[serde(default)]
     pub entropy: Option<EntropyDevice>,
@@ -240,6 +242,11 @@ impl VmResources {
             entropy: cfg.rng.map(|r| EntropyDevice {
                 rate_limiter: r.rate_limiter,
             }),
+            vsock: cfg.vsock.as_ref().map(|v| VsockDevice {
+                guest_cid: v.cid,
+                uds_path: path(&v.uds_path),
+                vsock_id: None,
+            }),
             ..Self::default()
         }
     }
@@ -277,6 +284,10 @@ impl VmResources {
             track_dirty_pages: self.machine_config.track_dirty_pages,
             rng: self.entropy.map(|e| RngConfig {
                 rate_limiter: e.rate_limiter,
+            }),
+            vsock: self.vsock.as_ref().map(|v| VsockConfig {
+                cid: v.guest_cid,
+                uds_path: PathBuf::from(&v.uds_path),
             }),
             ..VmConfig::default()
         };

@@ -79,7 +79,6 @@ fn unknown_paths_and_methods_get_firecrackers_message() {
 #[test]
 fn unsupported_resources_say_so() {
     for p in [
-        "/vsock",
         "/balloon",
         "/mmds/config",
         "/cpu-config",

@@ -206,3 +206,63 @@ pub struct RngConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
 }
+
+/// A virtio-vsock device with Firecracker's host side on Unix sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub cid: u64,
+    /// Host programs connect here (then write `CONNECT <port>`); a guest connection to
+    /// host port P goes to `<uds_path>_<P>`.
+    pub uds_path: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = ConfigError;
+    /// Parses `cid=N,uds=PATH`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::DeviceOption {
+            what: "--vsock",
+            value: s.to_string(),
+            why,
+        };
+        let (mut cid, mut uds) = (None, None);
+        for (k, v) in parse_kv("--vsock", s, "cid")? {
+            match k.as_str() {
+                "cid" => {
+                    cid = Some(
+                        v.parse::<u64>()
+                            .map_err(|_| bad(format!("cid={v} is not a number: use e.g. cid=3")))?,
+                    )
+                }
+                "uds" | "uds_path" => uds = Some(PathBuf::from(v)),
+                _ => return Err(bad(format!("unknown key '{k}': use cid, uds"))),
+            }
+        }
+        let cfg = VsockConfig {
+            cid: cid.ok_or_else(|| bad("missing cid: use --vsock cid=3,uds=PATH".into()))?,
+            uds_path: uds.ok_or_else(|| bad("missing uds: use --vsock cid=3,uds=PATH".into()))?,
+        };
+        cfg.check().map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
+    }
+}
+
+impl VsockConfig {
+    /// The CID is one a guest may have (not 0, 1, 2 or the 32-bit wildcard) and there
+    /// is a socket path.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.cid < 3 || self.cid >= u64::from(u32::MAX) {
+            return Err(ConfigError::VsockCid(self.cid));
+        }
+        if self.uds_path.as_os_str().is_empty() {
+            return Err(ConfigError::DeviceOption {
+                what: "--vsock",
+                value: String::new(),
+                why: "missing uds: use --vsock cid=3,uds=PATH".into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -71,6 +71,9 @@ pub enum ConfigError {
         "invalid tap name '{0}' in the config file: use 1 to 15 characters, e.g. tap = \"kiln0\""
     )]
     TapName(String),
+    /// A vsock CID a guest cannot have.
+    #[error("vsock cid {0} is reserved: give the guest 3 or more (below 4294967295), e.g. cid=3")]
+    VsockCid(u64),
     /// A `--disk`/`--net` option string that could not be parsed.
     #[error("invalid {what} '{value}': {why}")]
     DeviceOption {
@@ -131,7 +134,9 @@ impl From<SerialConfig> for String {
 pub use boot::BootProtocol;
 
 mod devices;
-pub use self::devices::{parse_kv, parse_mac, DiskCache, DiskConfig, NetConfig, RngConfig};
+pub use self::devices::{
+    parse_kv, parse_mac, DiskCache, DiskConfig, NetConfig, RngConfig, VsockConfig,
+};
 
 /// A guest memory size: an integer (MiB) or a string with a K/M/G suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +216,9 @@ pub struct VmConfig {
     /// A virtio-rng device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngConfig>,
+    /// A virtio-vsock device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
 }
 
 impl Default for VmConfig {
@@ -228,6 +236,7 @@ impl Default for VmConfig {
             nets: Vec::new(),
             track_dirty_pages: false,
             rng: None,
+            vsock: None,
         }
     }
 }
@@ -269,7 +278,8 @@ impl VmConfig {
             n if n > crate::host::KILN_MAX_VCPUS => return Err(ConfigError::TooManyCpus(n)),
             _ => {}
         }
-        self.nets.iter().try_for_each(NetConfig::check)
+        self.nets.iter().try_for_each(NetConfig::check)?;
+        self.vsock.as_ref().map_or(Ok(()), VsockConfig::check)
     }
 }
 

@@ -177,6 +177,9 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
                 libc::SYS_lseek,
                 libc::SYS_clock_nanosleep,
                 libc::SYS_nanosleep,
+                // Tearing the VM down removes the vsock device's socket file.
+                libc::SYS_unlink,
+                libc::SYS_unlinkat,
             ] {
                 r.insert(nr, Vec::new());
             }
@@ -233,9 +236,19 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
                 // Rate limiters' timers.
                 libc::SYS_timerfd_settime,
                 libc::SYS_timerfd_gettime,
+                // virtio-vsock's host side: Unix sockets accepted from its listener and
+                // connected to `<uds>_<port>`.
+                libc::SYS_accept4,
+                libc::SYS_connect,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_shutdown,
             ] {
                 r.insert(nr, Vec::new());
             }
+            r.insert(libc::SYS_socket, vec![arg_eq(0, libc::AF_UNIX as u64)?]);
+            // Non-blocking accepted vsock streams.
+            r.insert(libc::SYS_ioctl, one_of(1, &[libc::FIONBIO])?);
         }
         ThreadKind::Api => api(&mut r)?,
     }

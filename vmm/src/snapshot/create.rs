@@ -33,8 +33,15 @@ pub struct SnapshotSource {
 pub(crate) type BlockTransport = Arc<Mutex<MmioTransport<devices::virtio::block::Block>>>;
 /// A virtio-rng transport as the VM shares it.
 pub(crate) type RngTransport = Arc<Mutex<MmioTransport<devices::virtio::rng::Rng>>>;
-/// The virtio transports a snapshot saves: disks, nets, the rng (zero or one).
-pub(crate) type Virtio<'a> = (&'a [BlockTransport], &'a [NetTransport], &'a [RngTransport]);
+/// A virtio-vsock transport as the VM shares it.
+pub(crate) type VsockTransport = Arc<Mutex<MmioTransport<devices::virtio::vsock::Vsock>>>;
+/// The virtio transports a snapshot saves: disks, nets, the rng and vsock (zero or one).
+pub(crate) type Virtio<'a> = (
+    &'a [BlockTransport],
+    &'a [NetTransport],
+    &'a [RngTransport],
+    &'a [VsockTransport],
+);
 /// A virtio-net transport as the VM shares it.
 pub(crate) type NetTransport =
     Arc<Mutex<MmioTransport<devices::virtio::net::Net<devices::virtio::net::tap::Tap>>>>;
@@ -72,7 +79,7 @@ impl SnapshotSource {
         virtio: Virtio<'_>,
     ) -> Result<(), SnapshotError> {
         let (state_path, mem_path) = paths;
-        let (blocks, nets, rng) = virtio;
+        let (blocks, nets, rng, vsock) = virtio;
         if kind == SnapshotKind::Diff && !self.track_dirty_pages {
             return Err(SnapshotError::NoDirtyTracking);
         }
@@ -84,13 +91,15 @@ impl SnapshotSource {
         let (net_states, net_guards) = save_all(&net_locks)?;
         let rng_locks = lock_all(rng);
         let (mut rng_states, rng_guards) = save_all(&rng_locks)?;
+        let vsock_locks = lock_all(vsock);
+        let (mut vsock_states, vsock_guards) = save_all(&vsock_locks)?;
         let legacy = LegacyState {
             serial: util::sync::lock(&self.serial).state(),
             i8042: util::sync::lock(&self.i8042).state(),
         };
         self.write_memory(kind, mem_path)?;
-        drop((block_guards, net_guards, rng_guards));
-        drop((block_locks, net_locks, rng_locks));
+        drop((block_guards, net_guards, rng_guards, vsock_guards));
+        drop((block_locks, net_locks, rng_locks, vsock_locks));
         let snapshot = VmSnapshot {
             config: (*self.config).clone(),
             cmdline: self.cmdline.clone(),
@@ -102,6 +111,7 @@ impl SnapshotSource {
                 blocks: block_states,
                 nets: net_states,
                 rng: rng_states.pop(),
+                vsock: vsock_states.pop(),
             },
             api,
         };

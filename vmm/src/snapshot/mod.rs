@@ -60,6 +60,9 @@ pub struct DevicesState {
     /// The virtio-rng transport.
     #[serde(default)]
     pub rng: Option<MmioState>,
+    /// The virtio-vsock transport.
+    #[serde(default)]
+    pub vsock: Option<MmioState>,
 }
 
 /// Full or diff snapshot.
@@ -151,6 +154,7 @@ impl VmSnapshot {
         if d.blocks.len() != self.config.disks.len()
             || d.nets.len() != self.config.nets.len()
             || d.rng.is_some() != self.config.rng.is_some()
+            || d.vsock.is_some() != self.config.vsock.is_some()
         {
             return bad(format!(
                 "{} disk and {} network device states for {} disks and {} interfaces",

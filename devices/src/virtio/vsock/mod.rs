@@ -37,7 +37,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use super::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use super::queue::{self, PassBudget, PassEnd};
-use super::{chain, Interrupt, Mem, VirtioDevice};
+use super::{chain, Interrupt, Mem, QueuePosition, VirtioDevice};
+use crate::snapshot::{DeviceState, StateError};
 use muxer::Muxer;
 use packet::{Header, HDR_LEN, MAX_PAYLOAD};
 
@@ -416,6 +417,37 @@ impl VirtioDevice for Vsock {
         }
         self.muxer.process_events();
         self.process_rx()
+    }
+
+    fn device_state(&self) -> Result<DeviceState, StateError> {
+        Ok(DeviceState::Vsock { cid: self.cid })
+    }
+
+    fn queue_positions(&self) -> Option<Vec<QueuePosition>> {
+        let act = self.active.as_ref()?;
+        Some(vec![
+            QueuePosition::of(&act.rx),
+            QueuePosition::of(&act.tx),
+            QueuePosition::of(&act.evq),
+        ])
+    }
+
+    /// The host side's connections are gone after a restore: the guest is told with a
+    /// TRANSPORT_RESET event as soon as it has an event buffer posted.
+    fn restore_device_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        match state {
+            DeviceState::Vsock { cid } if *cid == self.cid => {
+                self.reset_pending = true;
+                Ok(())
+            }
+            DeviceState::Vsock { .. } => Err(StateError::Inconsistent(
+                "the snapshot's vsock CID is not this device's: restore with the same CID",
+            )),
+            other => Err(StateError::DeviceKind {
+                saved: other.kind(),
+                actual: "virtio-vsock",
+            }),
+        }
     }
 }
 

@@ -458,6 +458,9 @@ impl Muxer {
         if let Some(h) = self.control.pop_front() {
             return Some((h, 0));
         }
+        if buf.is_empty() {
+            return None; // a header-only RX buffer carries no data
+        }
         for _ in 0..self.ready.len() {
             let key = self.ready.pop_front()?;
             let Some(c) = self.conns.get_mut(&key) else {
