@@ -1,7 +1,9 @@
 //! `kiln bench` as an installed binary runs it: from a directory outside the repository,
 //! with the minimal guest built into the binary, leaving no files behind; and
 //! `kiln bench --api` and `--restore`, with kiln itself (as `firecracker`) standing in
-//! for Firecracker.
+//! for Firecracker; and `kiln bench --vsock` with the test guest.
+
+mod common;
 
 use std::process::Command;
 
@@ -207,4 +209,38 @@ fn bench_restore_times_restores_and_measures_clones() {
     assert!((0.4..=0.5).contains(&shared), "{shared}");
     let left: Vec<_> = std::fs::read_dir(tmp.as_path()).unwrap().collect();
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
+}
+
+#[test]
+fn bench_vsock_reports_both_directions_and_round_trips() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kiln-bench-vsock-")).unwrap();
+    let json = dir.as_path().join("vsock.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["bench", "--vsock", "--runs", "1", "--vsock-kib", "16"])
+        .args(["--vsock-rounds", "5", "--timeout", "120", "--kernel"])
+        .arg(&common::guest().elf)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("kiln VM (virtio-vsock)"), "{stdout}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for row in doc["rows"].as_array().unwrap() {
+        let name = &row["name"];
+        for key in ["to_host_mib_s", "echo_mib_s", "rtt_us"] {
+            let m = row[key]["median"].as_f64();
+            assert!(m.is_some_and(|m| m > 0.0), "{name} {key}: {}", row[key]);
+        }
+        assert_eq!(row["samples"][0]["rtt_us"].as_array().unwrap().len(), 5);
+    }
 }

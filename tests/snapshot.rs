@@ -178,6 +178,16 @@ fn kiln_restore_waits_paused_until_resumed() {
         restored.serial()
     );
     check_stream(&format!("{before}{}", restored.serial()));
+    // Snapshotting into the memory file the restored VM runs from is refused (it would
+    // pull the guest's memory from under it), and the VM carries on.
+    restored.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let body = serde_json::json!({"snapshot_path": restored.dir.join("s2"), "mem_file_path": mem});
+    let m = restored.fault("PUT", "/snapshot/create", &body.to_string());
+    assert!(m.contains("memory"), "{m}");
+    restored.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+    let now = check_stream(&format!("{before}{}", restored.serial()));
+    let next = format!("KILN-GUEST snap {} sum=", now + 2);
+    assert!(restored.wait_serial(&next, T), "{}", restored.serial());
 }
 
 #[test]

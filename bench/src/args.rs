@@ -116,6 +116,24 @@ pub struct BenchArgs {
         requires = "restore"
     )]
     pub restore_mem: Vec<String>,
+    /// Measure virtio-vsock instead of start-up: round trips and throughput both ways
+    /// between the host and the test guest (kiln.mode=vsock, Firecracker's hybrid Unix
+    /// sockets), next to a Unix socket pair on the host doing the same; --runs applies
+    /// [default: 3].
+    #[arg(long, conflicts_with_all = ["io", "api", "restore"])]
+    pub vsock: bool,
+    /// --vsock: KiB per direction (guest → host stream and host → guest → host echo).
+    #[arg(long, default_value_t = 256, requires = "vsock")]
+    pub vsock_kib: u64,
+    /// --vsock: bytes per write in the bulk phases.
+    #[arg(long, default_value_t = 4096, requires = "vsock")]
+    pub vsock_msg: u64,
+    /// --vsock: bytes per round trip.
+    #[arg(long, default_value_t = 64, requires = "vsock")]
+    pub vsock_ping: u64,
+    /// --vsock: round trips per run.
+    #[arg(long, default_value_t = 100, requires = "vsock")]
+    pub vsock_rounds: usize,
     /// --restore: VMs restored at once from one snapshot to measure shared memory
     /// (0: skip).
     #[arg(long, default_value_t = 4, requires = "restore")]
@@ -193,6 +211,24 @@ mod tests {
         assert!(T::try_parse_from(["t", "--restore-mem", "64M"]).is_err());
         assert!(T::try_parse_from(["t", "--restore", "--api"]).is_err());
         assert!(T::try_parse_from(["t", "--restore", "--io", "blk"]).is_err());
+    }
+
+    #[test]
+    fn vsock_flags() {
+        let t = T::try_parse_from(["t", "--vsock"]).unwrap();
+        assert!(t.b.vsock);
+        assert_eq!(
+            (
+                t.b.vsock_kib,
+                t.b.vsock_msg,
+                t.b.vsock_ping,
+                t.b.vsock_rounds
+            ),
+            (256, 4096, 64, 100)
+        );
+        assert!(T::try_parse_from(["t", "--vsock-kib", "8"]).is_err());
+        assert!(T::try_parse_from(["t", "--vsock", "--io", "blk"]).is_err());
+        assert!(T::try_parse_from(["t", "--vsock", "--restore"]).is_err());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! plain fork/exec and any `--other` command. Prints a table; writes JSON and SVG.
 //! With `--io blk|net` it measures virtio I/O throughput instead (see [`io`]); with
 //! `--api`, start-up through Firecracker's process interface (see [`api`]); with
-//! `--restore`, snapshot restore (see [`restore`]).
+//! `--restore`, snapshot restore (see [`restore`]); with `--vsock`, virtio-vsock
+//! throughput and round trips (see [`vsock`]).
 //! This module is the `kiln bench` command itself, so it writes its table to stdout
 //! and its progress to stderr.
 
@@ -21,6 +22,7 @@ pub mod report;
 pub mod restore;
 pub mod runners;
 pub mod stats;
+pub mod vsock;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,6 +70,9 @@ pub enum BenchError {
     /// `--restore` could not run.
     #[error(transparent)]
     Restore(#[from] restore::RestoreError),
+    /// `--vsock` could not run.
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockError),
     /// `--runs 0`.
     #[error("--runs must be at least 1")]
     NoRuns,
@@ -364,6 +369,9 @@ fn bench(args: &BenchArgs) -> Result<bool, BenchError> {
     }
     if let Some(kind) = args.io {
         return io::run(args, kind);
+    }
+    if args.vsock {
+        return vsock::run(args);
     }
     if args.startup_runs() == 0 {
         return Err(BenchError::NoRuns);

@@ -6,13 +6,19 @@ use std::process::{Command, Stdio};
 
 use vmm_sys_util::tempdir::TempDir;
 
-use vmm::config::{BootProtocol, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig};
+use vmm::config::{
+    BootProtocol, DiskConfig, MemSize, NetConfig, SerialConfig, VmConfig, VsockConfig,
+};
 use vmm::device_manager::SerialIo;
 use vmm::vm::{RunOptions, Vm};
 
 use crate::running::{Backend, RunningVm};
 use crate::serial_log::SerialLog;
+use crate::vsock::VsockSocket;
 use crate::{io_err, HResult, HarnessError};
+
+/// The vsock device's host socket in a VM's temp dir.
+const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// Configures a VM for a test.
 #[derive(Clone, Debug)]
@@ -21,6 +27,7 @@ pub struct VmBuilder {
     kiln: Option<PathBuf>,
     args: Vec<String>,
     api: bool,
+    vsock: Option<u64>,
 }
 
 impl VmBuilder {
@@ -35,6 +42,7 @@ impl VmBuilder {
             kiln: None,
             args: Vec::new(),
             api: false,
+            vsock: None,
         }
     }
 
@@ -100,6 +108,14 @@ impl VmBuilder {
         self
     }
 
+    /// Adds a virtio-vsock device with guest CID `cid` (3 or more) whose host socket is
+    /// created in the VM's temp dir (`kiln run --vsock cid=N,uds=<dir>/vsock.sock`), for
+    /// [`RunningVm::vsock_connect`] and [`RunningVm::vsock_listen`].
+    pub fn vsock(mut self, cid: u64) -> Self {
+        self.vsock = Some(cid);
+        self
+    }
+
     /// Extra `kiln run` arguments (e.g. `--log-level debug`).
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
@@ -124,8 +140,15 @@ impl VmBuilder {
         std::fs::write(&cfg_path, json).map_err(io_err("writing the VM config"))?;
         let args: Vec<OsString> = vec!["run".into(), "--config".into(), cfg_path.into()];
         let kiln = kiln_binary(self.kiln.as_deref());
-        let extra = [&["--boot-timer".to_string()][..], &self.args].concat();
-        spawn_child(&kiln, args, &extra, dir, self.api)
+        let mut extra = vec!["--boot-timer".to_string()];
+        let uds = dir.as_path().join(VSOCK_SOCKET);
+        if let Some(cid) = self.vsock {
+            extra.extend(["--vsock".into(), format!("cid={cid},uds={}", uds.display())]);
+        }
+        extra.extend(self.args.iter().cloned());
+        let mut vm = spawn_child(&kiln, args, &extra, dir, self.api)?;
+        vm.vsock = self.vsock.map(|_| VsockSocket { uds, _dir: None });
+        Ok(vm)
     }
 
     /// Runs the VM on a thread of this process (no child process; serial through pipes).
@@ -137,7 +160,23 @@ impl VmBuilder {
             input: Some(Box::new(in_r)),
             escape: false,
         };
-        let vm = Vm::new(&self.cfg, io, RunOptions::default())?;
+        let mut cfg = self.cfg.clone();
+        let vsock = match self.vsock {
+            Some(cid) => {
+                let dir = temp_dir().map_err(io_err("creating a temp dir"))?;
+                let uds = dir.as_path().join(VSOCK_SOCKET);
+                cfg.vsock = Some(VsockConfig {
+                    cid,
+                    uds_path: uds.clone(),
+                });
+                Some(VsockSocket {
+                    uds,
+                    _dir: Some(dir),
+                })
+            }
+            None => None,
+        };
+        let vm = Vm::new(&cfg, io, RunOptions::default())?;
         let stop = vm.stop_handle();
         let times = vm.timestamps();
         let thread = std::thread::Builder::new()
@@ -155,6 +194,7 @@ impl VmBuilder {
             api: None,
             kiln: None,
             base: None,
+            vsock,
             backend: Backend::InProcess {
                 thread: Some(thread),
                 stop,
@@ -211,6 +251,7 @@ pub(crate) fn spawn_child(
         api: sock,
         kiln: Some(kiln.to_path_buf()),
         base: None,
+        vsock: None,
         backend: Backend::Child {
             child,
             stdin,

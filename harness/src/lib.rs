@@ -13,6 +13,10 @@
 //! [`Snapshot::restore`] gives a [`RestoreBuilder`] that starts a VM from a snapshot
 //! (`kiln restore`) as another [`RunningVm`].
 //!
+//! With [`VmBuilder::vsock`] the VM has a virtio-vsock device whose host socket lives in
+//! its temp dir: [`RunningVm::vsock_connect`] reaches a guest port,
+//! [`RunningVm::vsock_listen`] takes guest connections to a host port.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use harness::VmBuilder;
@@ -46,6 +50,7 @@ mod builder;
 mod running;
 mod serial_log;
 mod snapshot;
+mod vsock;
 
 use std::time::Duration;
 
@@ -53,6 +58,7 @@ pub use api_socket::API_TIMEOUT;
 pub use builder::{unique_tap_name, VmBuilder};
 pub use running::{Outcome, RunningVm, Timings};
 pub use snapshot::{RestoreBuilder, Snapshot, MEM_FILE, STATE_FILE};
+pub use vsock::{listen_path as vsock_listen_path, VSOCK_TIMEOUT};
 
 /// Harness errors. Timeouts carry the serial tail so a failing test shows what the
 /// guest last said.
@@ -127,6 +133,18 @@ pub enum HarnessError {
         /// Why.
         #[source]
         source: vmm::snapshot::memory::MemoryError,
+    },
+    /// The guest did not accept a vsock connection (`CONNECT port` got no `OK`): nothing
+    /// listens on that port yet.
+    #[error(
+        "vsock CONNECT {port} refused (reply {reply:?}): the guest does not listen on port \
+         {port} (yet); wait for it to say it listens"
+    )]
+    VsockRefused {
+        /// The guest port.
+        port: u32,
+        /// What came back instead of `OK <port>` (empty: the connection was closed).
+        reply: String,
     },
     /// The VM cannot do this as configured (no API socket, in process, no base for a
     /// diff snapshot, ...); the message says what to change.

@@ -66,6 +66,8 @@ pub struct RunningVm {
     /// The snapshot the VM's dirty-page log counts from: the last one taken of it, or
     /// the one it was restored from (the base of [`RunningVm::snapshot_diff`]).
     pub(crate) base: Option<Snapshot>,
+    /// The vsock device's host socket ([`crate::VmBuilder::vsock`]).
+    pub(crate) vsock: Option<crate::vsock::VsockSocket>,
     pub(crate) backend: Backend,
 }
 

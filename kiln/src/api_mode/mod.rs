@@ -79,7 +79,7 @@ type BuildReply = SyncSender<Result<VmHandle, String>>;
 
 /// What the API asks the main thread to build.
 enum Build {
-    Start(VmConfig),
+    Start(Box<VmConfig>),
     Restore(Box<VmSnapshot>, RestoreOptions),
 }
 
@@ -349,7 +349,7 @@ fn build_controller(
     };
     let (wake1, wake2) = (clone()?, clone()?);
     let tx2 = build_tx.clone();
-    let start = move |cfg: VmConfig| ask_main(&build_tx, &wake1, Build::Start(cfg));
+    let start = move |cfg: VmConfig| ask_main(&build_tx, &wake1, Build::Start(Box::new(cfg)));
     let restore = move |s: VmSnapshot, o: RestoreOptions| {
         ask_main(&tx2, &wake2, Build::Restore(Box::new(s), o))
     };

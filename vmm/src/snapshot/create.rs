@@ -127,10 +127,12 @@ impl SnapshotSource {
         };
         let (file, pages) = match kind {
             SnapshotKind::Full => {
+                // Not truncated here: write_memory first checks that this is not the
+                // file the VM's own memory is mapped from (a restored VM), then sizes it.
+                #[allow(clippy::suspicious_open_options)]
                 let f = OpenOptions::new()
                     .write(true)
                     .create(true)
-                    .truncate(true)
                     .open(path)
                     .map_err(open_err)?;
                 // The next diff snapshot starts from here.
