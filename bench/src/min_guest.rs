@@ -43,6 +43,13 @@ const NOTE_OFFSET: u64 = 0x18;
 
 /// The ELF image: header, a PT_LOAD and a PT_NOTE program header, then [`SEGMENT`].
 pub fn image() -> Vec<u8> {
+    pvh_elf_image(&SEGMENT, NOTE_OFFSET)
+}
+
+/// An ELF image of one segment loaded at [`LOAD_ADDR`] and entered there (also by
+/// PVH): header, a PT_LOAD and a PT_NOTE program header (the PVH note at `note_offset`
+/// within the segment), then the segment. The bench's built-in guests are made with it.
+pub fn pvh_elf_image(segment: &[u8], note_offset: u64) -> Vec<u8> {
     let ehsize = std::mem::size_of::<Elf64_Ehdr>();
     let phsize = std::mem::size_of::<Elf64_Phdr>();
     let seg_off = (ehsize + 2 * phsize) as u64;
@@ -63,7 +70,7 @@ pub fn image() -> Vec<u8> {
         e_phnum: 2,
         ..Default::default()
     };
-    let len = SEGMENT.len() as u64;
+    let len = segment.len() as u64;
     let load = Elf64_Phdr {
         p_type: PT_LOAD,
         p_flags: PF_R | PF_X,
@@ -78,18 +85,18 @@ pub fn image() -> Vec<u8> {
     let note = Elf64_Phdr {
         p_type: PT_NOTE,
         p_flags: PF_R,
-        p_offset: seg_off + NOTE_OFFSET,
-        p_vaddr: LOAD_ADDR + NOTE_OFFSET,
-        p_paddr: LOAD_ADDR + NOTE_OFFSET,
-        p_filesz: len - NOTE_OFFSET,
-        p_memsz: len - NOTE_OFFSET,
+        p_offset: seg_off + note_offset,
+        p_vaddr: LOAD_ADDR + note_offset,
+        p_paddr: LOAD_ADDR + note_offset,
+        p_filesz: len - note_offset,
+        p_memsz: len - note_offset,
         p_align: 4,
     };
-    let mut out = Vec::with_capacity(seg_off as usize + SEGMENT.len());
+    let mut out = Vec::with_capacity(seg_off as usize + segment.len());
     out.extend_from_slice(ehdr.as_slice());
     out.extend_from_slice(load.as_slice());
     out.extend_from_slice(note.as_slice());
-    out.extend_from_slice(&SEGMENT);
+    out.extend_from_slice(segment);
     out
 }
 
@@ -101,13 +108,13 @@ pub fn write(dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::Command;
     use vmm_sys_util::tempdir::TempDir;
 
     /// `(e_entry, p_paddr, bytes)` of an ELF image's one PT_LOAD segment.
-    fn load_segment(elf: &[u8]) -> (u64, u64, Vec<u8>) {
+    pub(crate) fn load_segment(elf: &[u8]) -> (u64, u64, Vec<u8>) {
         let ehdr = Elf64_Ehdr::from_slice(&elf[..64]).unwrap();
         let phoff = ehdr.e_phoff as usize;
         let loads: Vec<_> = (0..usize::from(ehdr.e_phnum))

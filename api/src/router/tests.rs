@@ -26,6 +26,7 @@ fn every_listed_route_is_served() {
             "entropy",
             r#"{"rate_limiter":{"ops":{"size":10,"refill_time":100}}}"#,
         ),
+        ("vsock", r#"{"guest_cid":3,"uds_path":"/v.sock"}"#),
     ];
     let snapshot = |p: &str| match p {
         "/snapshot/create" => r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#,

@@ -16,14 +16,9 @@
 
 use std::path::{Path, PathBuf};
 
-use linux_loader::elf::{
-    Elf64_Ehdr, Elf64_Phdr, EI_CLASS, EI_DATA, EI_VERSION, ELFCLASS64, ELFDATA2LSB, ELFMAG,
-    EM_X86_64, ET_EXEC, EV_CURRENT, PF_R, PF_X, PT_LOAD, PT_NOTE, SELFMAG,
-};
-use vm_memory::ByteValued;
-
-/// Where the segment is loaded (guest-physical), which is also the PVH entry.
-pub const LOAD_ADDR: u64 = 0x10_0000;
+/// Where the segment is loaded (guest-physical), which is also the PVH entry: the
+/// minimal guest's address, as [`crate::min_guest::pvh_elf_image`] places it.
+pub const LOAD_ADDR: u64 = crate::min_guest::LOAD_ADDR;
 /// First page the guest writes before the snapshot and reads after it.
 pub const TOUCH_START: u64 = 0x20_0000;
 /// End of the touched pages (exclusive).
@@ -112,54 +107,7 @@ const NOTE_OFFSET: u64 = 0x44;
 
 /// The ELF image: header, a PT_LOAD and a PT_NOTE program header, then [`SEGMENT`].
 pub fn image() -> Vec<u8> {
-    let ehsize = std::mem::size_of::<Elf64_Ehdr>();
-    let phsize = std::mem::size_of::<Elf64_Phdr>();
-    let seg_off = (ehsize + 2 * phsize) as u64;
-    let mut ident = [0u8; 16];
-    ident[..SELFMAG].copy_from_slice(ELFMAG);
-    ident[EI_CLASS] = ELFCLASS64;
-    ident[EI_DATA] = ELFDATA2LSB;
-    ident[EI_VERSION] = EV_CURRENT;
-    let ehdr = Elf64_Ehdr {
-        e_ident: ident,
-        e_type: ET_EXEC,
-        e_machine: EM_X86_64,
-        e_version: u32::from(EV_CURRENT),
-        e_entry: LOAD_ADDR,
-        e_phoff: ehsize as u64,
-        e_ehsize: ehsize as u16,
-        e_phentsize: phsize as u16,
-        e_phnum: 2,
-        ..Default::default()
-    };
-    let len = SEGMENT.len() as u64;
-    let load = Elf64_Phdr {
-        p_type: PT_LOAD,
-        p_flags: PF_R | PF_X,
-        p_offset: seg_off,
-        p_vaddr: LOAD_ADDR,
-        p_paddr: LOAD_ADDR,
-        p_filesz: len,
-        p_memsz: len,
-        // p_offset ≡ p_vaddr (mod p_align), as the ELF spec wants.
-        p_align: 16,
-    };
-    let note = Elf64_Phdr {
-        p_type: PT_NOTE,
-        p_flags: PF_R,
-        p_offset: seg_off + NOTE_OFFSET,
-        p_vaddr: LOAD_ADDR + NOTE_OFFSET,
-        p_paddr: LOAD_ADDR + NOTE_OFFSET,
-        p_filesz: len - NOTE_OFFSET,
-        p_memsz: len - NOTE_OFFSET,
-        p_align: 4,
-    };
-    let mut out = Vec::with_capacity(seg_off as usize + SEGMENT.len());
-    out.extend_from_slice(ehdr.as_slice());
-    out.extend_from_slice(load.as_slice());
-    out.extend_from_slice(note.as_slice());
-    out.extend_from_slice(&SEGMENT);
-    out
+    crate::min_guest::pvh_elf_image(&SEGMENT, NOTE_OFFSET)
 }
 
 /// Writes the image to `dir/kiln-spin.elf` and returns its path.
@@ -172,7 +120,10 @@ pub fn write(dir: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::min_guest::tests::load_segment;
+    use linux_loader::elf::{Elf64_Phdr, PT_NOTE};
     use std::process::Command;
+    use vm_memory::ByteValued;
     use vmm_sys_util::tempdir::TempDir;
 
     /// The linker script: one loadable segment at [`LOAD_ADDR`] with code and note.
@@ -185,20 +136,6 @@ SECTIONS {
     /DISCARD/ : { *(.note.GNU-stack) *(.comment) }
 }
 ";
-
-    /// `(e_entry, p_paddr, bytes)` of an ELF image's one PT_LOAD segment.
-    fn load_segment(elf: &[u8]) -> (u64, u64, Vec<u8>) {
-        let ehdr = Elf64_Ehdr::from_slice(&elf[..64]).unwrap();
-        let phoff = ehdr.e_phoff as usize;
-        let loads: Vec<_> = (0..usize::from(ehdr.e_phnum))
-            .map(|i| Elf64_Phdr::from_slice(&elf[phoff + i * 56..phoff + (i + 1) * 56]).unwrap())
-            .filter(|p| p.p_type == PT_LOAD)
-            .collect();
-        assert_eq!(loads.len(), 1, "{loads:?}");
-        let p = loads[0];
-        let bytes = elf[p.p_offset as usize..(p.p_offset + p.p_filesz) as usize].to_vec();
-        (ehdr.e_entry, p.p_paddr, bytes)
-    }
 
     /// Runs a build step; `None` when the tool is not installed.
     fn tool(cmd: &mut Command) -> Option<()> {

@@ -375,6 +375,15 @@ impl QueuePosition {
 }
 
 /// Whether `features` has every bit of `bit`.
+/// The one queue of a single-queue device (virtio-blk, virtio-rng) from what
+/// activation hands over, or the error naming the device.
+pub(crate) fn single_queue(mut queues: Vec<Queue>, device: &'static str) -> Result<Queue, Error> {
+    queues
+        .pop()
+        .filter(|_| queues.is_empty())
+        .ok_or(Error::QueueCount { device, want: 1 })
+}
+
 pub(crate) fn has(features: u64, bit: u64) -> bool {
     features & bit == bit
 }

@@ -369,16 +369,10 @@ impl VirtioDevice for Block {
     fn activate(
         &mut self,
         mem: Mem,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), Error> {
-        let queue = queues
-            .pop()
-            .filter(|_| queues.is_empty())
-            .ok_or(Error::QueueCount {
-                device: "virtio-blk",
-                want: 1,
-            })
+        let queue = super::single_queue(queues, "virtio-blk")
             .inspect_err(|_| inc(&self.metrics.activate_fails))?;
         self.active = Some(Active {
             mem,

@@ -261,16 +261,10 @@ impl VirtioDevice for Rng {
     fn activate(
         &mut self,
         mem: Mem,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), Error> {
-        let queue = queues
-            .pop()
-            .filter(|_| queues.is_empty())
-            .ok_or(Error::QueueCount {
-                device: "virtio-rng",
-                want: 1,
-            })
+        let queue = super::single_queue(queues, "virtio-rng")
             .inspect_err(|_| inc(&self.metrics.activate_fails))?;
         self.active = Some(Active {
             mem,
