@@ -59,7 +59,9 @@ fn spawn_firecracker(name: &str) -> ApiVm {
 
 /// The numbers of the guest's `KILN-GUEST count <n>` lines so far.
 fn counts(vm: &ApiVm) -> Vec<u64> {
-    vm.serial()
+    let out = vm.serial();
+    // Complete lines only: the guest may be in the middle of one.
+    out[..out.rfind('\n').map_or(0, |i| i + 1)]
         .lines()
         .filter_map(|l| l.strip_prefix("KILN-GUEST count ")?.trim().parse().ok())
         .collect()
