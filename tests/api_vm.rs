@@ -130,7 +130,7 @@ fn a_drive_swapped_after_start_is_seen_by_the_guest() {
         "/machine-config",
         r#"{"vcpu_count":1,"mem_size_mib":32}"#,
     );
-    vm.boot_source(&guest().elf, "console=ttyS0 kiln.mode=blkresize");
+    vm.boot_source(&guest().elf, "console=ttyS0 kiln.mode=blkresize kiln.end=spin");
     let d = serde_json::json!({"drive_id":"data","path_on_host":a,"is_root_device":false});
     vm.ok("PUT", "/drives/data", &d.to_string());
     vm.start();
@@ -335,7 +335,7 @@ fn a_network_rate_limit_holds_until_patched_away() {
     );
     vm.boot_source(
         &guest().elf,
-        "console=ttyS0 kiln.mode=netrate kiln.count=40 kiln.size=200",
+        "console=ttyS0 kiln.mode=netrate kiln.count=40 kiln.size=200 kiln.end=spin",
     );
     // 2 frames at once, then 4 per second: 40 frames would take about 10 s.
     let n = serde_json::json!({
