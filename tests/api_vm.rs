@@ -130,7 +130,10 @@ fn a_drive_swapped_after_start_is_seen_by_the_guest() {
         "/machine-config",
         r#"{"vcpu_count":1,"mem_size_mib":32}"#,
     );
-    vm.boot_source(&guest().elf, "console=ttyS0 kiln.mode=blkresize kiln.end=spin");
+    vm.boot_source(
+        &guest().elf,
+        "console=ttyS0 kiln.mode=blkresize kiln.end=spin",
+    );
     let d = serde_json::json!({"drive_id":"data","path_on_host":a,"is_root_device":false});
     vm.ok("PUT", "/drives/data", &d.to_string());
     vm.start();
