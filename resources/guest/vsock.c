@@ -291,7 +291,9 @@ bool vsock_poll(struct vsock_conn *c)
         }
         u32 ev_id = len >= 4 ? rd32(area(EV_OFF + (u32)e * EV_LEN)) : 0xffffffff;
         kprintf("KILN-GUEST vsock event id=%u\n", ev_id);
-        if (ev_id == VSOCK_EVENT_TRANSPORT_RESET)
+        /* A reset ends established or pending connections; a listener keeps
+         * listening (the host reconnects after a snapshot restore). */
+        if (ev_id == VSOCK_EVENT_TRANSPORT_RESET && c->state != VSOCK_LISTEN)
             c->reset = true;
         post_event(e);
         ev = true;
