@@ -65,7 +65,7 @@ pub enum Error {
     #[error("vsock uds path {0} exists and is not a socket: remove it or choose another path")]
     NotASocket(PathBuf),
     /// Removing a stale socket or binding the listening socket failed.
-    #[error("cannot listen on vsock uds path {path}: {source}")]
+    #[error("cannot listen on vsock uds path {path}: {source}: check that its directory exists and is writable, or choose another uds= path")]
     Bind {
         /// The socket path.
         path: PathBuf,
