@@ -64,6 +64,10 @@ pub type LoggerHook = Box<dyn FnMut(&Logger) -> Result<(), String> + Send>;
 pub type RestoreHook =
     Box<dyn FnMut(VmSnapshot, RestoreOptions) -> Result<VmHandle, String> + Send>;
 
+/// Told the guest memory size (bytes) and dirty-page tracking whenever the machine
+/// configuration changes, so the VM's owner can prepare memory before `InstanceStart`.
+pub type MemoryHook = Box<dyn FnMut(u64, bool) + Send>;
+
 /// What the controller needs from the process it runs in.
 pub struct Hooks {
     /// See [`StartHook`].
@@ -72,6 +76,8 @@ pub struct Hooks {
     pub logger: LoggerHook,
     /// See [`RestoreHook`].
     pub restore: RestoreHook,
+    /// See [`MemoryHook`].
+    pub memory: MemoryHook,
 }
 
 /// The API's state: the instance id, the pre-boot resources, then the running VM.
@@ -197,6 +203,25 @@ impl Controller {
             .collect()
     }
 
+    /// Guest memory (bytes) and dirty-page tracking of the current machine configuration.
+    pub fn memory_config(&self) -> (u64, bool) {
+        let m = &self.resources.machine_config;
+        (m.mem_size_mib << 20, m.track_dirty_pages)
+    }
+
+    fn set_machine_config(&mut self, m: crate::model::MachineConfig) {
+        let changed = (m.mem_size_mib, m.track_dirty_pages)
+            != (
+                self.resources.machine_config.mem_size_mib,
+                self.resources.machine_config.track_dirty_pages,
+            );
+        self.resources.machine_config = m;
+        if changed {
+            let (size, track) = self.memory_config();
+            (self.hooks.memory)(size, track);
+        }
+    }
+
     /// Whether metrics are configured.
     pub fn has_metrics(&self) -> bool {
         self.metrics.is_some()
@@ -263,14 +288,14 @@ impl Controller {
             ApiRequest::PutMachineConfig(m) => {
                 self.pre_boot()?;
                 m.check().map_err(fault)?;
-                self.resources.machine_config = m;
+                self.set_machine_config(m);
                 Reply::NoContent
             }
             ApiRequest::PatchMachineConfig(p) => {
                 self.pre_boot()?;
                 let m = self.resources.machine_config.patched(&p);
                 m.check().map_err(fault)?;
-                self.resources.machine_config = m;
+                self.set_machine_config(m);
                 Reply::NoContent
             }
             ApiRequest::PutBootSource(b) => {

@@ -139,6 +139,10 @@ pub enum Error {
     /// The vsock device could not be set up (its Unix socket).
     #[error(transparent)]
     Vsock(devices::virtio::vsock::Error),
+    /// A VM was built from parts prepared for another memory configuration (a Kiln bug:
+    /// the caller checks `Prepared::fits`).
+    #[error("the prepared VM has another memory configuration than the one asked for")]
+    PreparedMismatch,
     /// A device's saved state could not be restored.
     #[error("restoring a device: {0}")]
     DeviceState(#[source] devices::snapshot::StateError),

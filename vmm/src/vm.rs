@@ -170,6 +170,7 @@ impl Vm {
             fd,
             cpuid,
             confine,
+            memory: ready,
         } = prepared;
         let track_dirty_pages = match restore {
             Some((_, r)) => r.track_dirty_pages,
@@ -199,11 +200,22 @@ impl Vm {
             .map_err(io("spawning a vCPU thread"))?;
         // Memory slots first: on some hosts (PVM) adding a slot after the irqchip exists
         // waits for an SRCU grace period (milliseconds); before, it takes microseconds.
-        let mem = Arc::new(match restore {
-            None => create_memory(&fd, mem_size, track_dirty_pages)?,
-            Some((s, r)) => snapshot::restore::map_memory(&fd, s, r)?,
+        let mem = Arc::new(match (restore, ready) {
+            (None, Some(m)) if m.size == mem_size && m.track_dirty_pages == track_dirty_pages => {
+                m.mem // the irqchip and PIT exist already
+            }
+            (_, Some(_)) => return Err(Error::PreparedMismatch),
+            (None, None) => {
+                let mem = create_memory(&fd, mem_size, track_dirty_pages)?;
+                setup_vm(&fd)?;
+                mem
+            }
+            (Some((s, r)), None) => {
+                let mem = snapshot::restore::map_memory(&fd, s, r)?;
+                setup_vm(&fd)?;
+                mem
+            }
         });
-        setup_vm(&fd)?;
         let latch = Arc::new(ExitLatch::new().map_err(io("creating exit eventfd"))?);
         let mut em = Manager::new()?;
         let mut devices = DeviceManager::new()?;
@@ -400,7 +412,7 @@ fn stop_vcpus(stop: &AtomicBool, control: &VcpuControl, threads: Vec<std::thread
 }
 
 /// TSS and identity-map addresses, in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
-fn setup_vm(fd: &VmFd) -> Result<()> {
+pub(crate) fn setup_vm(fd: &VmFd) -> Result<()> {
     fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
@@ -443,7 +455,11 @@ fn load_kernel(cfg: &VmConfig, mem: &GuestMemoryMmap, cmdline: &str) -> Result<B
 }
 
 /// Creates guest memory laid out by [`layout::ram_regions`] and registers it with KVM.
-fn create_memory(fd: &VmFd, mem_size: u64, track_dirty_pages: bool) -> Result<GuestMemoryMmap> {
+pub(crate) fn create_memory(
+    fd: &VmFd,
+    mem_size: u64,
+    track_dirty_pages: bool,
+) -> Result<GuestMemoryMmap> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))

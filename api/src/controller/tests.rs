@@ -5,6 +5,7 @@ fn controller(start_error: &'static str) -> Controller {
         start: Box::new(move |_| Err(start_error.to_string())),
         logger: Box::new(|_| Ok(())),
         restore: Box::new(move |_, _| Err(start_error.to_string())),
+        memory: Box::new(|_, _| {}),
     };
     Controller::new("test-id".into(), false, hooks)
 }

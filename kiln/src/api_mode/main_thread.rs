@@ -100,14 +100,19 @@ impl MainThread {
         end.run(vm)
     }
 
-    /// Waits for `InstanceStart` or `PUT /snapshot/load`, or a stop signal.
+    /// Waits for `InstanceStart` or `PUT /snapshot/load`, or a stop signal. Meanwhile
+    /// keeps a VM prepared for the machine configuration the API holds (memory,
+    /// irqchip and PIT included), redone when the API says it changed.
     pub(super) fn serve(
         &mut self,
         starts: &Receiver<BuildRequest>,
         wake: &EventFd,
         signals: &OwnedFd,
+        memory: (u64, bool),
     ) -> ExitCode {
-        let mut prepared = self.prepare();
+        // `memory` was read before the API thread started: locking the controller here
+        // could wait for a request that waits for this thread.
+        let mut prepared = self.prepare_for(memory.0, memory.1);
         loop {
             match wait_readable(wake, signals) {
                 Woken::Signal(sig) => {
@@ -118,10 +123,27 @@ impl MainThread {
                 Woken::Start => {}
             }
             while let Ok(BuildRequest(what, reply)) = starts.try_recv() {
-                let p = prepared.take().or_else(|| self.prepare());
+                let (size, track) = match &what {
+                    Build::Prepare { size, track } => (*size, *track),
+                    Build::Start(cfg) => (cfg.memory.0, cfg.track_dirty_pages),
+                    Build::Restore(..) => (0, false),
+                };
+                let p = match prepared.take() {
+                    Some(p) if p.fits(size, track) => Some(p),
+                    // Memory prepared for another size: start from a fresh VM.
+                    _ => self.prepare(),
+                };
                 let built = match what {
+                    Build::Prepare { size, track } => {
+                        prepared = p.and_then(|p| with_memory(p, size, track));
+                        continue;
+                    }
                     Build::Start(cfg) => self.build(&cfg, p),
                     Build::Restore(s, o) => self.restore(&s, &o, p),
+                };
+                let reply = match reply {
+                    Some(r) => r,
+                    None => continue,
                 };
                 match built {
                     Ok((vm, end)) => {
@@ -133,6 +155,26 @@ impl MainThread {
                     }
                 }
             }
+        }
+    }
+
+    /// A prepared VM with `size` bytes of memory (without memory when the host has
+    /// less, so the build reports that).
+    fn prepare_for(&self, size: u64, track: bool) -> Option<Prepared> {
+        self.prepare().and_then(|p| with_memory(p, size, track))
+    }
+}
+
+/// `p` with its memory, irqchip and PIT made; on failure the VM is built without them.
+fn with_memory(p: Prepared, size: u64, track: bool) -> Option<Prepared> {
+    if vmm::host::host_memory().is_some_and(|host| size > host) {
+        return Some(p);
+    }
+    match p.with_memory(size, track) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::debug!("cannot prepare guest memory ahead of InstanceStart: {e}");
+            None
         }
     }
 }

@@ -15,7 +15,7 @@ mod ticker;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use api::http::{self, Response, Server};
@@ -79,11 +79,16 @@ type BuildReply = SyncSender<Result<VmHandle, String>>;
 
 /// What the API asks the main thread to build.
 enum Build {
+    /// The machine configuration changed: prepare a VM with this much memory.
+    Prepare {
+        size: u64,
+        track: bool,
+    },
     Start(Box<VmConfig>),
     Restore(Box<VmSnapshot>, RestoreOptions),
 }
 
-struct BuildRequest(Build, BuildReply);
+struct BuildRequest(Build, Option<BuildReply>);
 
 /// The API side of a process: the socket, the controller, the main thread's state.
 struct Session {
@@ -256,7 +261,7 @@ impl Session {
                     .with_max_payload(args.http_api_max_payload_size),
             ),
         };
-        let (build_tx, builds) = mpsc::sync_channel::<BuildRequest>(1);
+        let (build_tx, builds) = mpsc::channel::<BuildRequest>();
         let wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
             .map_err(|e| format!("creating an eventfd: {e}"))?;
         let controller = build_controller(args, build_tx, &wake)?;
@@ -281,6 +286,7 @@ impl Session {
     /// Starts the API and metrics threads, then runs `built` or waits for the API to
     /// start or load a VM; cleans up and returns the exit status.
     fn run(mut self, built: Option<(Vm, RunEnd)>) -> ExitCode {
+        let memory = util::sync::lock(&self.main.controller).memory_config();
         let api_thread = match self.server.take() {
             Some(s) => match spawn_api(s, self.main.controller.clone(), self.confine.clone()) {
                 Ok(t) => Some(t),
@@ -294,7 +300,9 @@ impl Session {
             .then(|| MetricsTicker::spawn(self.main.controller.clone(), self.confine.clone()));
         let code = match built {
             Some(vm) => self.main.run_vm(vm),
-            None => self.main.serve(&self.builds, &self.wake, &self.signals),
+            None => self
+                .main
+                .serve(&self.builds, &self.wake, &self.signals, memory),
         };
         drop(api_thread); // stops the server; its thread removes the socket
         drop(ticker);
@@ -324,13 +332,9 @@ fn run_options(seccomp: SeccompLevel, main_entry: u64) -> RunOptions {
 }
 
 /// Sends `what` to the main thread and waits for its answer.
-fn ask_main(
-    tx: &SyncSender<BuildRequest>,
-    wake: &EventFd,
-    what: Build,
-) -> Result<VmHandle, String> {
+fn ask_main(tx: &Sender<BuildRequest>, wake: &EventFd, what: Build) -> Result<VmHandle, String> {
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-    tx.send(BuildRequest(what, reply_tx))
+    tx.send(BuildRequest(what, Some(reply_tx)))
         .map_err(|_| "the VMM is shutting down".to_string())?;
     let _ = wake.write(1);
     reply_rx
@@ -340,7 +344,7 @@ fn ask_main(
 
 fn build_controller(
     args: &FcArgs,
-    build_tx: SyncSender<BuildRequest>,
+    build_tx: Sender<BuildRequest>,
     wake: &EventFd,
 ) -> Result<Controller, String> {
     let clone = || {
@@ -349,7 +353,16 @@ fn build_controller(
     };
     let (wake1, wake2) = (clone()?, clone()?);
     let tx2 = build_tx.clone();
+    let (tx3, wake3) = (build_tx.clone(), clone()?);
     let start = move |cfg: VmConfig| ask_main(&build_tx, &wake1, Build::Start(Box::new(cfg)));
+    let memory = move |size: u64, track: bool| {
+        if tx3
+            .send(BuildRequest(Build::Prepare { size, track }, None))
+            .is_ok()
+        {
+            let _ = wake3.write(1);
+        }
+    };
     let restore = move |s: VmSnapshot, o: RestoreOptions| {
         ask_main(&tx2, &wake2, Build::Restore(Box::new(s), o))
     };
@@ -366,6 +379,7 @@ fn build_controller(
         start: Box::new(start),
         logger: Box::new(logger),
         restore: Box::new(restore),
+        memory: Box::new(memory),
     };
     let mut c = Controller::new(args.id.clone(), args.boot_timer, hooks);
     if let Some(p) = &args.metrics_path {
