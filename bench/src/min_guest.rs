@@ -128,7 +128,7 @@ pub(crate) mod tests {
     }
 
     /// Runs a build step; `None` when the tool is not installed.
-    fn tool(cmd: &mut Command) -> Option<()> {
+    pub(crate) fn tool(cmd: &mut Command) -> Option<()> {
         match cmd.status() {
             Ok(s) => {
                 assert!(s.success(), "{cmd:?} failed");

@@ -120,7 +120,7 @@ pub fn write(dir: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::min_guest::tests::load_segment;
+    use crate::min_guest::tests::{load_segment, tool};
     use linux_loader::elf::{Elf64_Phdr, PT_NOTE};
     use std::process::Command;
     use vm_memory::ByteValued;
@@ -136,18 +136,6 @@ SECTIONS {
     /DISCARD/ : { *(.note.GNU-stack) *(.comment) }
 }
 ";
-
-    /// Runs a build step; `None` when the tool is not installed.
-    fn tool(cmd: &mut Command) -> Option<()> {
-        match cmd.status() {
-            Ok(s) => {
-                assert!(s.success(), "{cmd:?} failed");
-                Some(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => panic!("{cmd:?}: {e}"),
-        }
-    }
 
     #[test]
     fn segment_matches_the_source() {

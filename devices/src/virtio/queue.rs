@@ -65,6 +65,31 @@ pub fn notify_used(q: &mut Queue, mem: &Mem, interrupt: &Interrupt) {
     }
 }
 
+/// Ends a queue pass: notifies the driver of used buffers (when the pass used any) and
+/// turns a broken queue into `DEVICE_NEEDS_RESET` (logged once, as the status latches).
+/// Returns true when work is left for another pass. `what` names the queue in the log.
+pub fn end_pass(
+    q: &mut Queue,
+    mem: &Mem,
+    interrupt: &Interrupt,
+    (used, end): (bool, PassEnd),
+    what: &str,
+) -> bool {
+    if used {
+        notify_used(q, mem, interrupt);
+    }
+    match end {
+        PassEnd::Yielded => true,
+        PassEnd::Broken(e) => {
+            if interrupt.set_needs_reset() {
+                log::warn!("{what}: {e}; device needs a reset");
+            }
+            false
+        }
+        PassEnd::Drained | PassEnd::Blocked => false,
+    }
+}
+
 /// How much one queue pass may do before it returns to its thread's event loop.
 ///
 /// A pass ends after the queue's size in chains, [`PASS_BYTES`] of data or twice the

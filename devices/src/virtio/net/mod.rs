@@ -217,19 +217,13 @@ impl<B: NetBackend> Net<B> {
         let q = if rx { &mut act.rx } else { &mut act.tx };
         if used {
             inc(if rx { &m.rx_count } else { &m.tx_count });
-            queue::notify_used(q, &act.mem, &act.interrupt);
         }
-        match end {
-            PassEnd::Yielded => true,
-            PassEnd::Broken(e) => {
-                if act.interrupt.set_needs_reset() {
-                    let which = if rx { "RX" } else { "TX" };
-                    warn!("virtio-net: {which} queue: {e}; device needs a reset");
-                }
-                false
-            }
-            PassEnd::Drained | PassEnd::Blocked => false,
-        }
+        let what = if rx {
+            "virtio-net: RX queue"
+        } else {
+            "virtio-net: TX queue"
+        };
+        queue::end_pass(q, &act.mem, &act.interrupt, (used, end), what)
     }
 }
 

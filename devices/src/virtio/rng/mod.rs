@@ -196,19 +196,7 @@ impl Rng {
                 Err(e) => break PassEnd::Broken(e),
             }
         };
-        if used {
-            queue::notify_used(q, &mem, &act.interrupt);
-        }
-        match end {
-            PassEnd::Yielded => true,
-            PassEnd::Broken(e) => {
-                if act.interrupt.set_needs_reset() {
-                    warn!("virtio-rng: {e}; device needs a reset");
-                }
-                false
-            }
-            PassEnd::Drained | PassEnd::Blocked => false,
-        }
+        queue::end_pass(q, &mem, &act.interrupt, (used, end), "virtio-rng")
     }
 }
 

@@ -320,19 +320,7 @@ fn write_rx(mem: &Mem, wr: &chain::Segments, hdr: &Header, data: &[u8]) -> u32 {
 /// Notifies used buffers of `q` and turns a broken queue into `DEVICE_NEEDS_RESET`.
 /// Returns true when work is left for another pass.
 fn end_pass(q: &mut Queue, mem: &Mem, irq: &Interrupt, used: bool, end: PassEnd) -> bool {
-    if used {
-        queue::notify_used(q, mem, irq);
-    }
-    match end {
-        PassEnd::Yielded => true,
-        PassEnd::Broken(e) => {
-            if irq.set_needs_reset() {
-                warn!("virtio-vsock: queue: {e}; device needs a reset");
-            }
-            false
-        }
-        PassEnd::Drained | PassEnd::Blocked => false,
-    }
+    queue::end_pass(q, mem, irq, (used, end), "virtio-vsock: queue")
 }
 
 impl VirtioDevice for Vsock {
